@@ -1,0 +1,102 @@
+"""The model file format: weights, config, stage-1 marginals and a content-derived model id.
+
+A model file is a ``torch.save`` dict loaded with ``weights_only=True`` (no pickled code):
+
+    format      "resilient-tx-model/1"
+    config      ModelConfig as a dict
+    state_dict  network weights (stored as float16, run as float32)
+    marginals   (M, V) int64 token counts over the training set (stage-1 model, Sec. 3.2)
+    meta        free-form training info (strings and numbers)
+
+The model id is the first 8 bytes of a SHA-256 over config, weights and marginals, so two
+files with the same id code identically. Every bitstream carries it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig, model_config_from_dict
+from .errors import InputError, ModelNotFoundError
+from .model import PQMIM
+
+FORMAT = "resilient-tx-model/1"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    net: PQMIM
+    marginals: torch.Tensor  # (M, V) int64
+    model_id: bytes  # 8 bytes
+    name: str
+    meta: dict[str, Any]
+
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.net.cfg
+
+    @property
+    def model_id_hex(self) -> str:
+        return self.model_id.hex()
+
+
+def compute_model_id(cfg: ModelConfig, state: dict[str, torch.Tensor], marginals: torch.Tensor) -> bytes:
+    h = hashlib.sha256()
+    h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    h.update(marginals.to(torch.int64).cpu().numpy().tobytes())
+    return h.digest()[:8]
+
+
+def save_model(path: str | Path, net: PQMIM, marginals: torch.Tensor, meta: dict[str, Any],
+               dtype: torch.dtype = torch.float16) -> bytes:
+    """Write a model file; weights are stored as ``dtype`` (fp16 halves the shipped size).
+
+    Loading casts them back to float32 exactly, and the model id hashes the stored
+    tensors, so the encoder and decoder always run bit-identical weights.
+    """
+    state = {k: v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu()
+             for k, v in net.state_dict().items()}
+    marginals = marginals.to(torch.int64).cpu()
+    payload = {
+        "format": FORMAT,
+        "config": dataclasses.asdict(net.cfg),
+        "state_dict": state,
+        "marginals": marginals,
+        "meta": meta,
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+    return compute_model_id(net.cfg, state, marginals)
+
+
+def load_model(path: str | Path, name: str | None = None) -> LoadedModel:
+    p = Path(path)
+    if not p.is_file():
+        raise ModelNotFoundError(f"model file not found: {p}")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises a zoo of types for bad files
+        raise InputError(f"{p}: not a resilient-tx model file ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(f"{p}: not a resilient-tx model file (format {FORMAT} expected)")
+    cfg_dict = dict(payload["config"])
+    cfg_dict["widths"] = tuple(cfg_dict["widths"])
+    cfg = model_config_from_dict(cfg_dict)
+    net = PQMIM(cfg)
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v
+                         for k, v in payload["state_dict"].items()})
+    net.eval()
+    marginals = payload["marginals"].to(torch.int64)
+    model_id = compute_model_id(cfg, payload["state_dict"], marginals)
+    return LoadedModel(net=net, marginals=marginals, model_id=model_id,
+                       name=name or p.stem, meta=dict(payload.get("meta", {})))

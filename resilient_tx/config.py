@@ -1,0 +1,131 @@
+"""Frozen configuration dataclasses and their YAML mapping.
+
+A YAML file mirrors the dataclasses: top-level sections ``model:`` and ``train:``
+whose keys are the field names. Unknown keys are an error, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one rate point (PQ-MIM paper, Sec. 3.1 and 4.1)."""
+
+    downsample: int = 16  # f: pixels per token side
+    num_subvectors: int = 4  # M: sub-quantizers per token
+    codebook_size: int = 256  # V_s: entries per sub-codebook
+    latent_dim: int = 256  # d: channels of the latent before splitting
+    lookup_dim: int = 8  # low-dimensional l2-normalised lookup space (Sec. 4.1)
+    widths: tuple[int, ...] = (64, 128, 192)  # conv widths at 1/4, 1/8, 1/16 resolution
+    res_blocks: int = 1  # residual blocks per conv level
+    latent_blocks: int = 2  # XCiT blocks at token resolution in encoder and decoder
+    latent_heads: int = 4
+    mim_dim: int = 192
+    mim_depth: int = 6
+    mim_heads: int = 6
+    mim_mlp_ratio: float = 2.0
+    stages: int = 5  # quincunx stages (Sec. 3.2)
+
+    def __post_init__(self) -> None:
+        if self.downsample not in (8, 16, 32):
+            raise ConfigError(f"downsample must be 8, 16 or 32, got {self.downsample}")
+        if self.num_subvectors < 1 or self.latent_dim % self.num_subvectors:
+            raise ConfigError("latent_dim must be a positive multiple of num_subvectors")
+        if not 2 <= self.codebook_size <= 4096:
+            raise ConfigError("codebook_size must be in [2, 4096]")
+        if len(self.widths) < self.levels:
+            raise ConfigError(f"widths needs {self.levels} entries for downsample={self.downsample}")
+        if self.stages < 1:
+            raise ConfigError("stages must be >= 1")
+
+    @property
+    def levels(self) -> int:
+        """Conv resolution levels after the 4x pixel-unshuffle stem (1/4, 1/8, ...)."""
+        return {8: 2, 16: 3, 32: 4}[self.downsample]
+
+    @property
+    def raw_bits_per_token(self) -> float:
+        return self.num_subvectors * float(self.codebook_size - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Joint PQ-VAE + MIM training (Sec. 3.3, 4.1)."""
+
+    steps: int = 20000
+    batch_size: int = 8
+    crop: int = 256
+    lr: float = 1e-3
+    min_lr: float = 5e-5
+    warmup_steps: int = 500
+    weight_decay: float = 0.02
+    beta2: float = 0.95
+    commitment: float = 0.25  # beta in the VQ-VAE commitment term
+    pq_weight: float = 1.0  # eta in L = L_rec + eta * L_PQ (Eq. 4)
+    mim_weight: float = 1.0
+    quincunx_mask_prob: float = 0.5  # share of MIM samples masked by a quincunx stage
+    dead_code_every: int = 200  # steps between dead-code restarts
+    mim_extra_steps: int = 0  # MIM-only steps on frozen tokens after the joint phase
+    mim_extra_batch: int = 16
+    checkpoint_every: int = 500
+    seed: int = 0
+    threads: int = 0  # 0 = torch default
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _build(cls: type[T], section: dict[str, Any] | None, where: str) -> T:
+    section = section or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(section).__name__}")
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config (``model:`` / ``train:`` sections); missing keys keep defaults."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        extra = sorted(set(data) - {"model", "train"})
+        if extra:
+            raise ConfigError(f"{p}: unknown section(s) {', '.join(extra)}")
+    model = _build(ModelConfig, data.get("model"), "model")
+    train = _build(TrainConfig, data.get("train"), "train")
+    if overrides:
+        train = dataclasses.replace(train, **overrides)
+    return RunConfig(model=model, train=train)
+
+
+def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    return _build(ModelConfig, d, "model")

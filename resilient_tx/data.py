@@ -1,0 +1,94 @@
+"""Image loading and training crops. I/O lives here so the rest stays pure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Read any Pillow-readable image as (H, W, 3) uint8 RGB.
+
+    Grayscale is replicated to three channels; alpha is composited onto white, so a
+    transparent PNG looks as it does in a viewer rather than showing hidden colours.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"no such file: {p}")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                rgb = Image.alpha_composite(bg, rgba).convert("RGB")
+            else:
+                rgb = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{p}: not a readable image ({exc.__class__.__name__})") from exc
+    arr = np.array(rgb, dtype=np.uint8)  # writable copy: torch.from_numpy needs one
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise InputError(f"{p}: empty image")
+    return arr
+
+
+def save_rgb(arr: np.ndarray, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def to_tensor(arr: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float() / 255.0
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) float in [0, 1] -> (H, W, 3) uint8 (round half up, clamped)."""
+    y = (x[0].clamp(0, 1) * 255.0 + 0.5).floor().to(torch.uint8)
+    return y.permute(1, 2, 0).cpu().numpy()
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    d = Path(folder)
+    if not d.is_dir():
+        raise InputError(f"not a directory: {d}")
+    files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"no images found under {d}")
+    return files
+
+
+class CropSampler:
+    """Random crops with horizontal/vertical flips from images held in memory as uint8."""
+
+    def __init__(self, images: list[np.ndarray], crop: int, seed: int) -> None:
+        small = [i for i, a in enumerate(images) if min(a.shape[:2]) < crop]
+        if small:
+            raise InputError(f"{len(small)} training image(s) smaller than crop={crop}")
+        self.images = [torch.from_numpy(a).permute(2, 0, 1).contiguous() for a in images]
+        self.crop = crop
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(0, high, (1,), generator=self.gen))
+
+    def batch(self, size: int) -> torch.Tensor:
+        out = []
+        for _ in range(size):
+            img = self.images[self._randint(len(self.images))]
+            _, h, w = img.shape
+            y, x = self._randint(h - self.crop + 1), self._randint(w - self.crop + 1)
+            c = img[:, y : y + self.crop, x : x + self.crop]
+            if self._randint(2):
+                c = c.flip(2)
+            if self._randint(2):
+                c = c.flip(1)
+            out.append(c)
+        return torch.stack(out).float() / 255.0

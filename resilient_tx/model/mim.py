@@ -1,0 +1,37 @@
+"""Masked image model: the conditional entropy model of PQ-MIM (Sec. 3.2, 3.3, 4.1).
+
+Input: token indices (B, M, h, w) and a mask (B, h, w), True where the token is unknown.
+Known tokens are embedded (sum of one embedding per sub-codebook); unknown ones become a
+learned mask embedding. An XCiT trunk (linear in tokens) is followed by M linear heads,
+one softmax distribution per sub-quantizer: p(q_s | q_<s).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .xcit import XCiTStack
+
+
+class MaskedTokenModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.m = cfg.num_subvectors
+        self.v = cfg.codebook_size
+        self.embed = nn.ModuleList(nn.Embedding(cfg.codebook_size, cfg.mim_dim) for _ in range(self.m))
+        self.mask_token = nn.Parameter(torch.zeros(cfg.mim_dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.trunk = XCiTStack(cfg.mim_dim, cfg.mim_depth, cfg.mim_heads, cfg.mim_mlp_ratio)
+        self.heads = nn.ModuleList(nn.Linear(cfg.mim_dim, cfg.codebook_size) for _ in range(self.m))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Return logits (B, h, w, M, V). Unknown positions' token values are ignored."""
+        b, m, h, w = tokens.shape
+        safe = tokens.clamp(0, self.v - 1)  # masked slots may hold any placeholder
+        x = sum(self.embed[i](safe[:, i]) for i in range(m))  # (B, h, w, D)
+        x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
+        y = self.trunk.forward_tokens(x.reshape(b, h * w, -1), h, w)
+        logits = torch.stack([head(y) for head in self.heads], dim=-2)  # (B, N, M, V)
+        return logits.reshape(b, h, w, m, self.v)
