@@ -47,7 +47,8 @@ class LoadedModel:
         return self.model_id.hex()
 
 
-def compute_model_id(cfg: ModelConfig, state: dict[str, torch.Tensor], marginals: torch.Tensor) -> bytes:
+def compute_model_id(cfg: ModelConfig, state: dict[str, torch.Tensor],
+                     marginals: torch.Tensor) -> bytes:
     h = hashlib.sha256()
     h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
     for key in sorted(state):
@@ -89,14 +90,17 @@ def load_model(path: str | Path, name: str | None = None) -> LoadedModel:
         raise InputError(f"{p}: not a resilient-tx model file ({type(exc).__name__})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{p}: not a resilient-tx model file (format {FORMAT} expected)")
-    cfg_dict = dict(payload["config"])
-    cfg_dict["widths"] = tuple(cfg_dict["widths"])
-    cfg = model_config_from_dict(cfg_dict)
-    net = PQMIM(cfg)
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v
-                         for k, v in payload["state_dict"].items()})
+    try:
+        cfg = model_config_from_dict(dict(payload["config"]))
+        net = PQMIM(cfg)
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v
+                             for k, v in payload["state_dict"].items()})
+        marginals = payload["marginals"].to(torch.int64)
+        if tuple(marginals.shape) != (cfg.num_subvectors, cfg.codebook_size):
+            raise ValueError(f"marginals have shape {tuple(marginals.shape)}")
+        model_id = compute_model_id(cfg, payload["state_dict"], marginals)
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"{p}: damaged or incompatible model file ({exc})") from exc
     net.eval()
-    marginals = payload["marginals"].to(torch.int64)
-    model_id = compute_model_id(cfg, payload["state_dict"], marginals)
     return LoadedModel(net=net, marginals=marginals, model_id=model_id,
                        name=name or p.stem, meta=dict(payload.get("meta", {})))

@@ -45,7 +45,8 @@ class ModelConfig:
         if not 2 <= self.codebook_size <= 4096:
             raise ConfigError("codebook_size must be in [2, 4096]")
         if len(self.widths) < self.levels:
-            raise ConfigError(f"widths needs {self.levels} entries for downsample={self.downsample}")
+            raise ConfigError(
+                f"widths needs {self.levels} entries for downsample={self.downsample}")
         if self.stages < 1:
             raise ConfigError("stages must be >= 1")
 
@@ -56,7 +57,7 @@ class ModelConfig:
 
     @property
     def raw_bits_per_token(self) -> float:
-        return self.num_subvectors * float(self.codebook_size - 1).bit_length()
+        return float(self.num_subvectors * (self.codebook_size - 1).bit_length())
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,12 @@ class TrainConfig:
     checkpoint_every: int = 500
     seed: int = 0
     threads: int = 0  # 0 = torch default
+    # Wall-clock budget in seconds (0 = none). With a budget, ``steps`` and
+    # ``mim_extra_steps`` become caps: the trainer measures its own speed and shrinks both
+    # phases (and their cosine schedules) to end on time. ``mim_time_share`` of the budget
+    # goes to the MIM-only phase.
+    time_budget: float = 0.0
+    mim_time_share: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -89,18 +96,44 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def _build(cls: type[T], section: dict[str, Any] | None, where: str) -> T:
-    section = section or {}
+def _coerce(where: str, name: str, default: Any, value: Any) -> Any:
+    """Check ``value`` against the type of the field's default; YAML reads ``1e-3`` (no
+    dot) as a string, so numeric strings are accepted for float fields."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, tuple):
+        value = tuple(value) if isinstance(value, (list, tuple)) else value
+        ok = isinstance(value, tuple) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"{where}.{name}: expected {type(default).__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type[T], section: Any, where: str) -> T:
+    section = {} if section is None else section
     if not isinstance(section, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(section).__name__}")
     known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(section) - set(known))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
+    kwargs = {k: _coerce(where, k, known[k].default, v) for k, v in section.items()}
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
@@ -123,7 +156,7 @@ def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = 
     model = _build(ModelConfig, data.get("model"), "model")
     train = _build(TrainConfig, data.get("train"), "train")
     if overrides:
-        train = dataclasses.replace(train, **overrides)
+        train = _build(TrainConfig, {**dataclasses.asdict(train), **overrides}, "train")
     return RunConfig(model=model, train=train)
 
 

@@ -97,7 +97,10 @@ def logits_to_cdf(logits: torch.Tensor) -> torch.Tensor:
     """float64 logits (..., L) -> int64 CDF (..., L + 1), identical on every device."""
     if logits.dtype != torch.float64:
         raise TypeError("entropy-model logits must be float64 for cross-device determinism")
-    z = torch.round(logits.cpu() * LOGIT_GRID).to(torch.int64)
+    # NaN/inf would index outside the exp table; a model that emits them still gets a
+    # valid (if poor) CDF rather than a crash: NaN -> 0, +-inf -> +-1e6 nats.
+    safe = torch.nan_to_num(logits.cpu(), nan=0.0).clamp(-1e6, 1e6)
+    z = torch.round(safe * LOGIT_GRID).to(torch.int64)
     z = (z.amax(-1, keepdim=True) - z).clamp_max(LOGIT_GRID * LOGIT_RANGE)
     return weights_to_cdf(_exp_table()[z])
 
