@@ -1,4 +1,7 @@
-"""Command line: ``resilient-tx {train,encode,decode,...}``. ``main(argv)`` is callable from tests."""
+"""Command line: ``resilient-tx {train,encode,decode,...}``.
+
+``main(argv)`` is callable from tests.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +16,29 @@ from .errors import ResilientTxError
 def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
+    import torch
+
     from .config import load_run_config
+    from .errors import InputError
     from .runtime import resolve_device, set_threads
     from .train import Trainer
 
     run = load_run_config(args.config)
     if args.steps is not None:
         run = dataclasses.replace(run, train=dataclasses.replace(run.train, steps=args.steps))
+    if args.time_budget is not None:
+        if args.time_budget <= 0:
+            raise InputError(f"--time-budget must be > 0 minutes, got {args.time_budget}")
+        run = dataclasses.replace(
+            run, train=dataclasses.replace(run.train, time_budget=args.time_budget * 60))
     set_threads(args.threads if args.threads is not None else run.train.threads)
     device = resolve_device(args.device)
+    if device.type == "cuda":
+        # Training only: TF32 matmuls are ~free speed. Coding never runs these weights in
+        # reduced precision (the entropy model is float64, see entropy.py).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     trainer = Trainer(run, Path(args.data), Path(args.out), device)
     if trainer.try_resume():
         print(f"resuming from {args.out}/last.pt at step {trainer.step}", file=sys.stderr)
@@ -30,6 +47,93 @@ def _cmd_train(args: argparse.Namespace) -> int:
           f"({res.seconds / 60:.1f} min): train PSNR {res.final_psnr:.2f} dB, "
           f"MIM {res.final_mim_bits:.3f} bits/sub-index")
     return 0
+
+
+def _codec(args: argparse.Namespace, model_id: bytes | None = None):
+    """Codec for --model PATH, else --rate NAME, else (decoding) the shipped model with the
+    stream's id. Device and threads are set here, at run time, never at import."""
+    from .codec import Codec
+    from .runtime import resolve_device, set_threads
+    from .zoo import DEFAULT_RATE, find_by_id, get_model
+
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    if getattr(args, "model", None):
+        model = get_model(str(Path(args.model).resolve()))
+    elif model_id is not None:
+        model = find_by_id(model_id)
+    else:
+        model = get_model(getattr(args, "rate", None) or DEFAULT_RATE)
+    return Codec(model, device)
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    import time
+
+    from .data import load_rgb
+
+    image = load_rgb(args.image)
+    codec = _codec(args)
+    t0 = time.perf_counter()
+    blob = bytes(codec.encode(image))
+    dt = time.perf_counter() - t0
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(blob)
+    h, w = image.shape[:2]
+    print(f"{args.image}: {w}x{h} -> {out}: {len(blob)} bytes, {len(blob) * 8 / (w * h):.4f} bpp, "
+          f"model {codec.model.name} ({codec.model.model_id_hex}), encode {dt:.2f} s")
+    return 0
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    import time
+
+    from .container import EncodedImage
+    from .data import save_rgb
+    from .errors import InputError
+
+    src = Path(args.input)
+    if not src.is_file():
+        raise InputError(f"no such file: {src}")
+    enc = EncodedImage.parse(src.read_bytes())
+    codec = _codec(args, model_id=enc.model_id)
+    t0 = time.perf_counter()
+    image = codec.decode(enc)
+    dt = time.perf_counter() - t0
+    save_rgb(image, args.output)
+    print(f"{src} -> {args.output}: {enc.width}x{enc.height}, model {codec.model.name} "
+          f"({codec.model.model_id_hex}), decode {dt:.2f} s")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .zoo import DEFAULT_RATE, available_rates, get_model
+
+    print(f"{'rate':<8}{'f':>4}{'M':>4}{'raw bpp':>9}  {'model id':<18}trained")
+    for name in available_rates():
+        m = get_model(name)
+        c = m.cfg
+        raw = c.raw_bits_per_token / c.downsample**2
+        steps = m.meta.get("train_steps", "?")
+        star = " (default)" if name == DEFAULT_RATE else ""
+        print(f"{name:<8}{c.downsample:>4}{c.num_subvectors:>4}{raw:>9.4f}  {m.model_id_hex:<18}"
+              f"{steps} steps on {m.meta.get('train_images', '?')} images{star}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args)
+    return 0
+
+
+def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA if present, else CPU), cpu or cuda (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch; 0 = torch's default (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +150,44 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML file with model: and train: sections")
     t.add_argument("--out", default="runs/train", help="output folder (default: %(default)s)")
     t.add_argument("--steps", type=int, help="override train.steps")
+    t.add_argument("--time-budget", type=float, metavar="MIN",
+                   help="stop both phases in time to finish within MIN minutes; steps in the "
+                   "config become caps and the LR schedules shrink to fit")
     t.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
     t.add_argument("--threads", type=int, help="CPU threads (default: config / torch default)")
     t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("encode", help="compress an image to an .rtx file",
+                       description="Compress an image (PNG, JPEG, ...; grayscale and RGBA are "
+                       "converted to RGB) into an .rtx file: header + one bitstream per stage.")
+    e.add_argument("image", help="input image")
+    e.add_argument("-o", "--output", required=True, help="output .rtx file")
+    e.add_argument("--rate", help="shipped rate point (see `resilient-tx models`; default: low)")
+    e.add_argument("--model", help="model file to use instead of a shipped rate point")
+    _add_runtime_flags(e)
+    e.set_defaults(func=_cmd_encode)
+
+    d = sub.add_parser("decode", help="decompress an .rtx file to PNG",
+                       description="Decode an .rtx file. The model is found from the id in the "
+                       "file's header among the shipped ones, or given with --model.")
+    d.add_argument("input", help="input .rtx file")
+    d.add_argument("-o", "--output", required=True, help="output image (PNG recommended)")
+    d.add_argument("--model", help="model file (must be the one the stream was made with)")
+    _add_runtime_flags(d)
+    d.set_defaults(func=_cmd_decode)
+
+    m = sub.add_parser("models", help="list the shipped rate points")
+    m.set_defaults(func=_cmd_models)
+
+    demo = sub.add_parser("demo", help="encode and decode a bundled sample; print bpp, PSNR, time",
+                          description="Round-trip an image (default: the bundled Kodak sample) "
+                          "through every shipped rate point and report rate, quality and speed.")
+    demo.add_argument("--image", help="image to use instead of the bundled sample")
+    demo.add_argument("--rate", action="append", help="rate point(s) to run (default: all)")
+    demo.add_argument("--out", default="out/demo",
+                      help="where to write PNGs (default: %(default)s)")
+    _add_runtime_flags(demo)
+    demo.set_defaults(func=_cmd_demo)
     return p
 
 
@@ -58,6 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ResilientTxError as exc:
         print(f"resilient-tx: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # unwritable output, full disk, ...
+        print(f"resilient-tx: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("resilient-tx: interrupted", file=sys.stderr)

@@ -29,7 +29,6 @@ from .errors import InputError
 from .model import PQMIM, pad_to_multiple
 from .partition import quincunx_stages
 
-
 LOG_FIELDS = ["phase", "step", "lr", "psnr", "pq", "mim_bits", "restarted"]
 
 
@@ -43,12 +42,43 @@ class TrainResult:
     seconds: float
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup then cosine decay to ``min_lr`` (Sec. 4.1)."""
+def lr_at(step: int, cfg: TrainConfig, total: int | None = None) -> float:
+    """Linear warmup then cosine decay to ``min_lr`` over ``total`` steps (Sec. 4.1)."""
+    total = cfg.steps if total is None else total
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+class StepBudget:
+    """How many steps fit before a wall-clock deadline, re-estimated as training runs.
+
+    The first ``skip`` steps (CUDA start-up, allocator warm-up) are not timed. Until the
+    speed is known the cap is the planned total; after that the total shrinks to what the
+    measured speed allows, so the cosine schedule still reaches its end on time.
+    """
+
+    def __init__(self, cap: int, deadline: float | None, start_step: int, skip: int = 5) -> None:
+        self.cap = cap
+        self.deadline = deadline
+        self.total = cap
+        self._skip_until = start_step + skip
+        self._t_ref: float | None = None
+        self._step_ref = 0
+
+    def update(self, step: int, now: float) -> int:
+        if self.deadline is None:
+            return self.total
+        if step == self._skip_until:
+            self._t_ref, self._step_ref = now, step
+        elif self._t_ref is not None and step > self._step_ref and step % 10 == 0:
+            per_step = (now - self._t_ref) / (step - self._step_ref)
+            fits = step + int(max(0.0, self.deadline - now) / per_step)
+            self.total = max(step, min(self.cap, fits))
+        if now >= self.deadline:
+            self.total = step
+        return self.total
 
 
 def sample_mim_mask(
@@ -90,7 +120,8 @@ def _optimizer(net: PQMIM, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def encode_dataset(net: PQMIM, images: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+def encode_dataset(net: PQMIM, images: list[np.ndarray],
+                   device: torch.device) -> list[torch.Tensor]:
     """Tokens (M, h, w) of every whole training image and of its mirror image."""
     net.eval()
     out = []
@@ -142,6 +173,7 @@ class Trainer:
         self.opt = _optimizer(self.net, self.cfg)
         self.gen = torch.Generator().manual_seed(self.cfg.seed + 1)
         self.step = 0
+        self.mim_steps_done = 0
         self.log_path = out_dir / "log.csv"
 
     def _state_path(self) -> Path:
@@ -165,14 +197,14 @@ class Trainer:
         self.net.load_state_dict(st["net"])
         self.opt.load_state_dict(st["opt"])
         self.step = int(st["step"])
-        self.sampler.gen.set_state(st["sampler_rng"])
-        self.gen.set_state(st["mask_rng"])
+        self.sampler.gen.set_state(st["sampler_rng"].cpu())  # map_location moved it
+        self.gen.set_state(st["mask_rng"].cpu())
         return True
 
-    def _train_step(self) -> dict[str, float]:
+    def _train_step(self, total: int) -> dict[str, float]:
         cfg, net = self.cfg, self.net
         for g in self.opt.param_groups:
-            g["lr"] = lr_at(self.step, cfg)
+            g["lr"] = lr_at(self.step, cfg, total)
         x = self.sampler.batch(cfg.batch_size).to(self.device)
         out = net(x, cfg.commitment)
         mse = F.mse_loss(out.recon, x)
@@ -202,27 +234,34 @@ class Trainer:
 
     def run(self) -> TrainResult:
         t0 = time.perf_counter()
+        cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.net.train()
         recent: list[dict[str, float]] = []
-        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="joint PQ-VAE+MIM", unit="step")
-        while self.step < self.cfg.steps:
-            stats = self._train_step()
+        joint_end = t0 + cfg.time_budget * (1 - cfg.mim_time_share) if cfg.time_budget else None
+        budget = StepBudget(cfg.steps, joint_end, self.step)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="joint PQ-VAE+MIM", unit="step")
+        while self.step < budget.total:
+            stats = self._train_step(budget.total)
             self.step += 1
             recent = (recent + [stats])[-50:]
+            if budget.update(self.step, time.perf_counter()) != bar.total:
+                bar.total = budget.total
             bar.update(1)
             if self.step % 10 == 0:
                 avg = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0]}
                 bar.set_postfix(psnr=f"{avg['psnr']:.2f}", mim_bits=f"{avg['mim_bits']:.2f}")
                 self._log({"phase": "joint", **avg})
-            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+            if self.step % cfg.checkpoint_every == 0 or self.step == budget.total:
                 self.save_state()
         bar.close()
         tokens = encode_dataset(self.net, self.images, self.device)
-        mim_bits = self._mim_phase(tokens, recent[-1]["mim_bits"] if recent else float("nan"))
+        deadline = t0 + cfg.time_budget if cfg.time_budget else None
+        mim_bits = self._mim_phase(tokens, recent[-1]["mim_bits"] if recent else float("nan"),
+                                   deadline)
         marginals = token_marginals(tokens, self.net.cfg)
         final_psnr = sum(r["psnr"] for r in recent) / max(1, len(recent))
-        meta = {"train_steps": self.step, "mim_extra_steps": self.cfg.mim_extra_steps,
+        meta = {"train_steps": self.step, "mim_extra_steps": self.mim_steps_done,
                 "train_images": len(self.images), "final_train_psnr": round(final_psnr, 3),
                 "final_mim_bits": round(mim_bits, 4)}
         path = self.out_dir / "model.pt"
@@ -230,8 +269,10 @@ class Trainer:
         return TrainResult(path, model_id.hex(), self.step, final_psnr, mim_bits,
                            time.perf_counter() - t0)
 
-    def _mim_phase(self, tokens: list[torch.Tensor], last_bits: float) -> float:
+    def _mim_phase(self, tokens: list[torch.Tensor], last_bits: float,
+                   deadline: float | None) -> float:
         cfg = self.cfg
+        self.mim_steps_done = 0
         if cfg.mim_extra_steps <= 0:
             return last_bits
         net = self.net
@@ -240,9 +281,12 @@ class Trainer:
         opt = torch.optim.AdamW(params, lr=cfg.lr * 0.5, betas=(0.9, cfg.beta2),
                                 weight_decay=cfg.weight_decay)
         bits: list[float] = []
-        for i in tqdm(range(cfg.mim_extra_steps), desc="MIM on frozen tokens", unit="step"):
+        budget = StepBudget(cfg.mim_extra_steps, deadline, 0)
+        bar = tqdm(total=cfg.mim_extra_steps, desc="MIM on frozen tokens", unit="step")
+        i = 0
+        while i < budget.total:
             lr = cfg.min_lr + 0.5 * (cfg.lr * 0.5 - cfg.min_lr) * (
-                1 + math.cos(math.pi * i / cfg.mim_extra_steps))
+                1 + math.cos(math.pi * i / budget.total))
             for g in opt.param_groups:
                 g["lr"] = lr
             tok = _token_crop_batch(tokens, 24, cfg.mim_extra_batch, self.gen).to(self.device)
@@ -254,7 +298,14 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             bits = (bits + [ce.item() / math.log(2)])[-50:]
-            if (i + 1) % 10 == 0:
+            i += 1
+            if budget.update(i, time.perf_counter()) != bar.total:
+                bar.total = budget.total
+            bar.update(1)
+            if i % 10 == 0:
                 self._log({"phase": "mim", "mim_bits": sum(bits) / len(bits)})
+                bar.set_postfix(mim_bits=f"{sum(bits) / len(bits):.3f}")
+        bar.close()
+        self.mim_steps_done = i
         net.eval()
-        return sum(bits) / len(bits)
+        return sum(bits) / len(bits) if bits else last_bits
