@@ -74,9 +74,8 @@ class Codec:
         n = len(positions)
         if stage == 1:
             return self.marginal_cdf.unsqueeze(0).expand(n, -1, -1)
-        logits = self.mim64(known[None].to(self.device), hidden[None].to(self.device))[0]
-        m, v = self.cfg.num_subvectors, self.cfg.codebook_size
-        sel = logits.reshape(-1, m, v)[torch.from_numpy(positions).to(self.device)]
+        sel = self.mim64.logits_at(known[None].to(self.device), hidden[None].to(self.device),
+                                   torch.from_numpy(positions).to(self.device))
         return entropy.logits_to_cdf(sel)
 
     def _stage_symbols(self, tokens: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
