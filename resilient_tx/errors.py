@@ -37,3 +37,21 @@ class ModelMismatchError(ResilientTxError):
 
 class ModelNotFoundError(InputError):
     """No model of that name or path exists."""
+
+
+class PacketError(BitstreamError):
+    """A received datagram is not a well-formed, intact packet (issue 3, wire format).
+
+    Raised by ``Packet.parse`` for anything malformed: truncated, wrong magic or version,
+    length mismatch, CRC mismatch, inconsistent header fields. The receiver drops such a
+    datagram and counts it as lost, which is exactly the erasure FEC knows how to repair.
+    """
+
+
+class FecError(BitstreamError):
+    """Received FEC shards of one stage contradict each other (issue 3, FEC).
+
+    Unequal shard lengths, a shard index outside the stage, or a length prefix that does
+    not fit its shard: a buggy or hostile sender, never an ordinary loss (losses make
+    ``decode_shards`` return ``None``).
+    """

@@ -1,0 +1,192 @@
+"""One network packet: a fixed binary header and one FEC shard of one quincunx stage.
+
+Every packet is self-describing, so a receiver can start decoding from whatever subset
+of packets arrives, in any order, without a session handshake. Layout (all integers
+little-endian, :data:`HEADER_SIZE` = 36 bytes)::
+
+    offset  size  field
+    0       4     magic "RTXP"
+    4       1     version (this build writes and reads 1)
+    5       1     flags (no bits defined in version 1; kept verbatim, covered by the CRC)
+    6       4     image id u32 (tells packets of consecutive images apart)
+    10      8     model id (the first 8 bytes of the model hash, as in the .rtx file)
+    18      2     image width u16
+    20      2     image height u16
+    22      1     rate point id u8
+    23      1     stage u8 (1-based quincunx stage)
+    24      2     chunk index u16 (0 <= index < n; index >= k means a parity shard)
+    26      2     k u16 = data chunks in the stage (k >= 1)
+    28      2     n u16 = packets in the stage (n >= k)
+    30      2     payload length u16
+    32      4     CRC32 of bytes 0..31 followed by the payload
+    36      ...   payload
+
+Width and height are u16, not u32 as in the ``.rtx`` container: they are repeated in
+every packet, and 4 bytes per packet buy nothing for images up to 65535 px a side.
+
+The CRC covers header and payload, so a receiver drops a corrupted packet as a loss
+(an erasure FEC can repair) instead of feeding wrong bytes to the arithmetic decoder.
+CRC-32 detects every error of up to 3 flipped bits and every burst of up to 32 bits at
+these lengths; anything else slips through with probability 2**-32.
+
+Building a packet with out-of-range fields is a sender bug and raises
+:class:`~resilient_tx.errors.InputError`; parsing received bytes raises only
+:class:`~resilient_tx.errors.PacketError`.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+from .errors import InputError, PacketError
+
+MAGIC = b"RTXP"
+VERSION = 1
+MODEL_ID_SIZE = 8
+_FIELDS = struct.Struct("<4sBBI8sHHBBHHHH")
+_CRC = struct.Struct("<I")
+HEADER_SIZE = _FIELDS.size + _CRC.size
+# 1200 bytes fits one WebRTC data-channel message without SCTP fragmentation and one
+# UDP datagram on any path (IPv6 guarantees a 1280-byte MTU, minus IP/UDP/DTLS headers).
+DEFAULT_MAX_PACKET = 1200
+MAX_U8 = 0xFF
+MAX_U16 = 0xFFFF
+MAX_U32 = 0xFFFFFFFF
+
+
+def max_payload(max_packet: int = DEFAULT_MAX_PACKET) -> int:
+    """Largest payload that keeps a whole packet within ``max_packet`` bytes."""
+    if isinstance(max_packet, bool) or not isinstance(max_packet, int):
+        raise InputError(f"max packet size must be an int, got {type(max_packet).__name__}")
+    if max_packet <= HEADER_SIZE:
+        raise InputError(f"max packet size {max_packet} leaves no room for a payload after "
+                         f"the {HEADER_SIZE}-byte header")
+    # The u16 length field caps the payload whatever the path allows.
+    return min(max_packet - HEADER_SIZE, MAX_U16)
+
+
+def _check_int(name: str, value: int, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InputError(f"{name} must be an int, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise InputError(f"{name} must be in [{low}, {high}], got {value}")
+
+
+@dataclass(frozen=True)
+class Packet:
+    """The decoded header fields and payload of one packet (see the module docstring)."""
+
+    image_id: int
+    model_id: bytes
+    width: int
+    height: int
+    rate_point: int
+    stage: int
+    index: int
+    k: int
+    n: int
+    payload: bytes
+    flags: int = 0
+
+    def __post_init__(self) -> None:
+        # Programmer errors at construction: a sender must never build an unencodable packet.
+        if not isinstance(self.model_id, bytes) or len(self.model_id) != MODEL_ID_SIZE:
+            raise InputError(f"model_id must be {MODEL_ID_SIZE} bytes, got {self.model_id!r}")
+        if not isinstance(self.payload, bytes):
+            raise InputError(f"payload must be bytes, got {type(self.payload).__name__}")
+        _check_int("image_id", self.image_id, 0, MAX_U32)
+        _check_int("width", self.width, 1, MAX_U16)
+        _check_int("height", self.height, 1, MAX_U16)
+        _check_int("rate_point", self.rate_point, 0, MAX_U8)
+        _check_int("stage", self.stage, 1, MAX_U8)
+        _check_int("k", self.k, 1, MAX_U16)
+        _check_int("n", self.n, self.k, MAX_U16)
+        _check_int("index", self.index, 0, self.n - 1)
+        _check_int("flags", self.flags, 0, MAX_U8)
+        _check_int("payload length", len(self.payload), 0, MAX_U16)
+
+    @property
+    def is_parity(self) -> bool:
+        """True for a Reed-Solomon parity shard, False for a systematic (data) shard."""
+        return self.index >= self.k
+
+    @property
+    def size(self) -> int:
+        """Encoded size in bytes, header included."""
+        return HEADER_SIZE + len(self.payload)
+
+    def _fields(self) -> bytes:
+        return _FIELDS.pack(MAGIC, VERSION, self.flags, self.image_id, self.model_id,
+                            self.width, self.height, self.rate_point, self.stage,
+                            self.index, self.k, self.n, len(self.payload))
+
+    def __bytes__(self) -> bytes:
+        fields = self._fields()
+        crc = zlib.crc32(self.payload, zlib.crc32(fields)) & MAX_U32
+        return fields + _CRC.pack(crc) + self.payload
+
+    @classmethod
+    def parse(cls, data: bytes | bytearray | memoryview) -> Packet:
+        """Decode one datagram; raise :class:`PacketError` (only) for anything malformed.
+
+        Anything else escaping from here would be a bug: the receiver feeds it whatever
+        the network delivers (a WebRTC data channel may even deliver ``str``).
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise PacketError(f"not a packet (got {type(data).__name__}, expected bytes)")
+        data = bytes(data)
+        _check_framing(data)
+        (_magic, _version, flags, image_id, model_id, width, height, rate_point, stage,
+         index, k, n, _length) = _FIELDS.unpack_from(data)
+        (crc,) = _CRC.unpack_from(data, _FIELDS.size)
+        payload = data[HEADER_SIZE:]
+        if zlib.crc32(payload, zlib.crc32(data[: _FIELDS.size])) & MAX_U32 != crc:
+            raise PacketError("corrupted packet (CRC mismatch)")
+        _check_consistent(width, height, stage, index, k, n)
+        try:
+            return cls(image_id, model_id, width, height, rate_point, stage, index, k, n,
+                       payload, flags)
+        except InputError as exc:  # unreachable after the checks above; keeps the contract
+            raise PacketError(f"inconsistent packet ({exc})") from exc
+
+
+def _check_framing(data: bytes) -> None:
+    """Magic, version and lengths: everything needed before the CRC can be checked."""
+    if not data.startswith(MAGIC[: len(data)]):
+        raise PacketError("not a packet (bad magic)")
+    if len(data) < HEADER_SIZE:
+        raise PacketError(f"truncated packet ({len(data)} bytes, header is {HEADER_SIZE})")
+    fields = _FIELDS.unpack_from(data)
+    if fields[1] != VERSION:
+        raise PacketError(f"unsupported packet version {fields[1]} (this build reads {VERSION})")
+    length = fields[-1]
+    if len(data) != HEADER_SIZE + length:
+        raise PacketError(f"payload length mismatch (header says {length}, "
+                          f"got {len(data) - HEADER_SIZE})")
+
+
+def _check_consistent(width: int, height: int, stage: int, index: int, k: int, n: int) -> None:
+    """Field ranges a CRC-valid packet can still violate (a buggy or hostile sender)."""
+    if width == 0 or height == 0:
+        raise PacketError(f"inconsistent packet (image size {width}x{height})")
+    if stage == 0:
+        raise PacketError("inconsistent packet (stage 0; stages count from 1)")
+    if not 1 <= k <= n:
+        raise PacketError(f"inconsistent packet (k={k}, n={n}; need 1 <= k <= n)")
+    if index >= n:
+        raise PacketError(f"inconsistent packet (chunk index {index} >= n={n})")
+
+
+def check_size(packet: Packet, limit: int = DEFAULT_MAX_PACKET) -> int:
+    """Return the packet's encoded size; raise InputError if it exceeds ``limit`` bytes.
+
+    A sender bug, not a channel event: the packetizer must size shards with
+    :func:`max_payload`, because an oversized datagram is fragmented or dropped on the path.
+    """
+    max_payload(limit)  # validates ``limit`` itself
+    if packet.size > limit:
+        raise InputError(f"packet is {packet.size} bytes, over the {limit}-byte limit "
+                         f"(payload {len(packet.payload)} > {max_payload(limit)})")
+    return packet.size

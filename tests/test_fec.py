@@ -1,0 +1,272 @@
+"""Reed-Solomon erasure coding across a stage's chunks, and the FEC profiles (resilient_tx.fec)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import reedsolo
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from resilient_tx import fec
+from resilient_tx.errors import BitstreamError, ConfigError, FecError, InputError
+from resilient_tx.packet import DEFAULT_MAX_PACKET, HEADER_SIZE
+
+EXAMPLES = settings(max_examples=100, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def stages(draw: st.DrawFn) -> tuple[list[bytes], int]:
+    """k chunks of unequal (possibly zero) length and a parity count."""
+    k = draw(st.integers(1, 12))
+    chunks = draw(st.lists(st.binary(max_size=48), min_size=k, max_size=k))
+    return chunks, draw(st.integers(0, 8))
+
+
+def random_chunks(rng: np.random.Generator, k: int, size: int) -> list[bytes]:
+    return [rng.integers(0, 256, int(rng.integers(size // 2, size + 1)),
+                         dtype=np.uint8).tobytes() for _ in range(k)]
+
+
+def keep(shards: list[bytes], lost: set[int]) -> dict[int, bytes]:
+    return {i: s for i, s in enumerate(shards) if i not in lost}
+
+
+# ---------------------------------------------------------------------------- coding
+
+
+@EXAMPLES
+@given(stages(), st.data())
+def test_recovers_from_any_erasures_up_to_parity(stage: tuple[list[bytes], int],
+                                                 data: st.DataObject) -> None:
+    chunks, parity = stage
+    shards = fec.encode_shards(chunks, parity)
+    n = len(chunks) + parity
+    lost = data.draw(st.sets(st.integers(0, n - 1), max_size=parity))
+    assert fec.decode_shards(keep(shards, lost), len(chunks), parity) == chunks
+
+
+@EXAMPLES
+@given(stages(), st.data())
+def test_more_erasures_than_parity_fail_cleanly(stage: tuple[list[bytes], int],
+                                                data: st.DataObject) -> None:
+    chunks, parity = stage
+    shards = fec.encode_shards(chunks, parity)
+    n = len(chunks) + parity
+    lost = data.draw(st.sets(st.integers(0, n - 1), min_size=parity + 1))
+    assert fec.decode_shards(keep(shards, lost), len(chunks), parity) is None
+    # The data shards that did arrive are still usable one by one.
+    for i in set(range(len(chunks))) - lost:
+        assert fec.strip_shard(shards[i]) == chunks[i]
+
+
+@EXAMPLES
+@given(stages())
+def test_shards_are_systematic_and_equal_length(stage: tuple[list[bytes], int]) -> None:
+    chunks, parity = stage
+    shards = fec.encode_shards(chunks, parity)
+    assert len(shards) == len(chunks) + parity
+    assert {len(s) for s in shards} == {fec.PREFIX_SIZE + max(map(len, chunks))}
+    assert [fec.strip_shard(s) for s in shards[: len(chunks)]] == chunks
+
+
+@pytest.mark.parametrize(("k", "parity"), [(1, 1), (3, 2), (20, 8), (200, 55)])
+def test_every_byte_column_is_a_reedsolo_codeword(rng: np.random.Generator, k: int,
+                                                  parity: int) -> None:
+    # The batched (matrix) encoder must produce exactly reedsolo's per-codeword output.
+    shards = fec.encode_shards(random_chunks(rng, k, 40), parity)
+    columns = np.stack([np.frombuffer(s, dtype=np.uint8) for s in shards])
+    codec = reedsolo.RSCodec(parity)
+    for j in range(columns.shape[1]):
+        assert bytes(codec.encode(bytes(columns[:k, j]))) == columns[:, j].tobytes()
+
+
+def test_realistic_stage_worst_case(rng: np.random.Generator) -> None:
+    # k = 20 chunks filling 1200-byte packets, 8 parity, the 8 lost shards all data.
+    size = fec.max_chunk_size(DEFAULT_MAX_PACKET)
+    assert size == DEFAULT_MAX_PACKET - HEADER_SIZE - fec.PREFIX_SIZE
+    chunks = random_chunks(rng, 20, size)
+    shards = fec.encode_shards(chunks, 8)
+    assert max(len(s) for s in shards) <= DEFAULT_MAX_PACKET - HEADER_SIZE
+    for lost in ({0, 2, 4, 6, 8, 10, 12, 14}, set(rng.choice(28, 8, replace=False).tolist())):
+        assert fec.decode_shards(keep(shards, lost), 20, 8) == chunks
+    assert fec.decode_shards(keep(shards, set(range(9))), 20, 8) is None
+
+
+def test_extra_shards_beyond_k_are_harmless(rng: np.random.Generator) -> None:
+    chunks = random_chunks(rng, 5, 30)
+    shards = fec.encode_shards(chunks, 4)
+    assert fec.decode_shards(dict(enumerate(shards)), 5, 4) == chunks
+    assert fec.decode_shards(keep(shards, {1}), 5, 4) == chunks
+
+
+def test_fec_error_is_a_bitstream_error() -> None:
+    assert issubclass(FecError, BitstreamError)
+
+
+@pytest.mark.parametrize(
+    ("shards", "k", "parity", "message"),
+    [
+        ({0: b"\x01\x00a", 3: b"\x01\x00b"}, 2, 1, "outside"),
+        ({0: b"\x01\x00a", 1: b"\x01\x00bb"}, 2, 1, "differ in length"),
+        ({0: b"\x01"}, 1, 0, "length prefix"),
+        ({0: b"\x05\x00ab"}, 1, 0, "exceeds"),
+        ({}, 0, 1, "k must be"),
+        ({}, 2, -1, "parity must be"),
+        ({}, 200, 56, "exceeds the 255"),
+    ],
+)
+def test_contradictory_shards_raise_fec_error(shards: dict[int, bytes], k: int, parity: int,
+                                              message: str) -> None:
+    with pytest.raises(FecError, match=message):
+        fec.decode_shards(shards, k, parity)
+
+
+def test_lying_length_prefix_in_a_recovered_shard_is_caught() -> None:
+    # A buggy sender wrote prefix 9 into a 4-byte shard and protected it consistently:
+    # FEC faithfully rebuilds the lie, and decode must refuse it rather than return
+    # padding as chunk bytes.
+    rows = [b"\x09\x00ab", b"\x02\x00cd"]
+    codec = reedsolo.RSCodec(1)
+    parity = bytes(codec.encode(bytes(col))[2] for col in zip(*rows, strict=True))
+    with pytest.raises(FecError, match="exceeds"):
+        fec.decode_shards({1: rows[1], 2: parity}, 2, 1)
+
+
+@pytest.mark.parametrize(
+    ("chunks", "parity", "message"),
+    [
+        ([], 2, "k must be"),
+        ([b"a"], -1, "parity must be"),
+        ([b"a"] * 250, 6, "exceeds the 255"),
+        ([b"a", "text"], 1, "chunk 1"),
+        ([bytes(fec.MAX_CHUNK + 1)], 1, "chunk 0"),
+    ],
+)
+def test_encode_validates_input(chunks: list[bytes], parity: int, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        fec.encode_shards(chunks, parity)
+
+
+def test_maximal_chunk_still_fits_a_packet_payload() -> None:
+    shards = fec.encode_shards([bytes(fec.MAX_CHUNK), b""], 1)
+    assert {len(s) for s in shards} == {0xFFFF}
+    assert fec.decode_shards({1: shards[1], 2: shards[2]}, 2, 1) == [bytes(fec.MAX_CHUNK), b""]
+
+
+# ---------------------------------------------------------------------------- profiles
+
+
+def test_named_profiles_load_and_protect_early_stages_more() -> None:
+    profiles = fec.load_profiles()
+    assert {"none", "light", "strong"} <= set(profiles)
+    ks = (2, 2, 4, 8, 16)
+    assert profiles["none"].parities(ks) == (0, 0, 0, 0, 0)
+    light, strong = profiles["light"].parities(ks), profiles["strong"].parities(ks)
+    for parities in (light, strong):
+        ratios = [m / k for m, k in zip(parities, ks, strict=True)]
+        assert ratios == sorted(ratios, reverse=True) and ratios[0] > ratios[-1]
+    assert all(s >= m for s, m in zip(strong, light, strict=True)) and strong != light
+
+
+def test_profile_parity_rule() -> None:
+    profile = fec.FecProfile("t", overhead=(1.0, 0.5, 0.1), min_parity=(3, 1, 0))
+    assert profile.parity(1, 1) == 3  # min_parity wins for a tiny stage
+    assert profile.parity(1, 10) == 10
+    assert profile.parity(2, 5) == 3  # ceil(2.5)
+    assert profile.parity(3, 30) == 3  # 0.1 * 30 is 3.0000000000000004 in floats
+    assert profile.parity(7, 30) == 3  # stages past the tuple reuse the last entry
+    assert profile.parity(1, 200) == 55  # capped by the GF(256) codeword
+    with pytest.raises(InputError):
+        profile.parity(0, 5)
+    with pytest.raises(InputError):
+        profile.parity(1, 0)
+
+
+def binomial_tail(n: int, p: float, m: int) -> float:
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(m + 1, n + 1))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+@pytest.mark.parametrize("k", [1, 4, 20])
+def test_loss_parity_is_the_least_that_meets_the_target(k: int, p: float) -> None:
+    target = 1e-3
+    m = fec.loss_parity(k, p, target)
+    assert binomial_tail(k + m, p, m) <= target
+    assert m == 0 or binomial_tail(k + m - 1, p, m - 1) > target
+
+
+def test_for_loss_is_unequal_and_grows_with_the_loss_rate(rng: np.random.Generator) -> None:
+    ks = (4, 4, 8, 16, 32)
+    low, high = fec.for_loss(0.1).parities(ks), fec.for_loss(0.4).parities(ks)
+    assert all(h >= lo for h, lo in zip(high, low, strict=True)) and high != low
+    assert fec.for_loss(0.0).parities(ks) == (0, 0, 0, 0, 0)
+    # Stage 1 gets at least the relative protection of stage 2 at equal k.
+    profile = fec.for_loss(0.3)
+    assert profile.parity(1, 8) >= profile.parity(2, 8) >= profile.parity(5, 8)
+    assert profile.parity(1, 8) > profile.parity(5, 8)
+    # The promise itself, by simulation: stage 1 (target 1e-4) almost never fails.
+    k, m = 8, profile.parity(1, 8)
+    losses = (rng.random((20000, k + m)) < 0.3).sum(axis=1)
+    assert np.mean(losses > m) < 1e-3
+
+
+def test_for_loss_validates_and_accepts_targets() -> None:
+    assert fec.for_loss(0.2, targets=(0.5,)).parity(1, 10) < fec.for_loss(0.2).parity(1, 10)
+    for bad in (-0.1, 1.0, float("nan"), "0.3"):
+        with pytest.raises(InputError):
+            fec.for_loss(bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="may not decrease"):
+        fec.for_loss(0.2, targets=(0.1, 0.01))
+
+
+def test_unknown_profile_lists_the_available_ones() -> None:
+    with pytest.raises(ConfigError, match="available: light, none, strong"):
+        fec.get_profile("medium")
+    assert fec.get_profile("strong").name == "strong"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"overhead": (0.2, 0.5)}, "may not increase"),
+        ({"min_parity": (1, 2)}, "may not increase"),
+        ({"overhead": (-0.1,)}, "invalid entry"),
+        ({"overhead": (float("inf"),)}, "invalid entry"),
+        ({"min_parity": (1.5,)}, "invalid entry"),
+        ({"overhead": ()}, "non-empty"),
+        ({"targets": (0.0,)}, "invalid entry"),
+        ({"loss_rate": 1.0}, "loss_rate"),
+    ],
+)
+def test_profile_validation(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        fec.FecProfile("bad", **kwargs)  # type: ignore[arg-type]
+
+
+def test_profiles_from_a_custom_yaml(tmp_path: Path) -> None:
+    good = tmp_path / "fec.yaml"
+    good.write_text("profiles:\n  mine: {overhead: [1, 0.5], min_parity: [2, 1]}\n"
+                    "  lossy: {loss_rate: 0.2, targets: [1e-4, 1e-2]}\n"
+                    "for_loss: {targets: [1e-3]}\n")
+    profiles = fec.load_profiles(good)
+    assert profiles["mine"].parities((4, 4, 4)) == (4, 2, 2)
+    assert profiles["lossy"].targets == (1e-4, 1e-2)  # '1e-4' is a string to PyYAML
+    assert fec.for_loss(0.2, path=good).targets == (1e-3,)
+    bad = tmp_path / "bad.yaml"
+    for text, message in [
+        ("profiles: {}\nfor_loss: {targets: [0.1]}\n", "must map names"),
+        ("profiles: {a: {overhead: [1]}}\n", "exactly the sections"),
+        ("profiles: {a: {overhead: [1], colour: 2}}\nfor_loss: {targets: [0.1]}\n", "keys"),
+        ("profiles: {a: {overhead: [0.1, 0.2]}}\nfor_loss: {targets: [0.1]}\n", "increase"),
+        ("profiles: [\n", "not valid YAML"),
+    ]:
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            fec.load_profiles(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        fec.load_profiles(tmp_path / "missing.yaml")

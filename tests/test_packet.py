@@ -1,0 +1,216 @@
+"""The packet wire format (resilient_tx.packet): round trip, limits, and parse's contract."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from resilient_tx.errors import BitstreamError, InputError, PacketError, ResilientTxError
+from resilient_tx.packet import (
+    DEFAULT_MAX_PACKET,
+    HEADER_SIZE,
+    MAGIC,
+    VERSION,
+    Packet,
+    check_size,
+    max_payload,
+)
+
+FIELDS = struct.Struct("<4sBBI8sHHBBHHHH")
+EXAMPLES = settings(max_examples=100, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def packets(draw: st.DrawFn, max_payload_size: int = 256) -> Packet:
+    k = draw(st.integers(1, 300))
+    n = draw(st.integers(k, 0xFFFF))
+    return Packet(
+        image_id=draw(st.integers(0, 0xFFFFFFFF)),
+        model_id=draw(st.binary(min_size=8, max_size=8)),
+        width=draw(st.integers(1, 0xFFFF)),
+        height=draw(st.integers(1, 0xFFFF)),
+        rate_point=draw(st.integers(0, 0xFF)),
+        stage=draw(st.integers(1, 0xFF)),
+        index=draw(st.integers(0, n - 1)),
+        k=k,
+        n=n,
+        payload=draw(st.binary(max_size=max_payload_size)),
+        flags=draw(st.integers(0, 0xFF)),
+    )
+
+
+def example(**overrides: object) -> Packet:
+    fields = dict(image_id=7, model_id=bytes(range(8)), width=768, height=512, rate_point=1,
+                  stage=2, index=3, k=4, n=6, payload=b"shard bytes", flags=0)
+    fields.update(overrides)
+    return Packet(**fields)  # type: ignore[arg-type]
+
+
+def raw(values: dict[str, object], payload: bytes = b"xy", crc_ok: bool = True) -> bytes:
+    """Hand-built datagram with a VALID CRC over arbitrary header values."""
+    base = dict(magic=MAGIC, version=VERSION, flags=0, image_id=1, model_id=b"m" * 8,
+                width=16, height=16, rate_point=0, stage=1, index=0, k=1, n=1,
+                length=len(payload))
+    base.update(values)
+    fields = FIELDS.pack(*base.values())
+    crc = zlib.crc32(payload, zlib.crc32(fields)) ^ (0 if crc_ok else 1)
+    return fields + struct.pack("<I", crc) + payload
+
+
+@EXAMPLES
+@given(packets())
+def test_round_trip(packet: Packet) -> None:
+    data = bytes(packet)
+    assert len(data) == HEADER_SIZE + len(packet.payload) == packet.size
+    assert Packet.parse(data) == packet
+    assert Packet.parse(bytearray(data)) == packet
+    assert Packet.parse(memoryview(data)) == packet
+
+
+def test_header_layout_is_36_bytes_with_every_field_in_place() -> None:
+    packet = example(image_id=0x01020304, flags=0x80, payload=b"abc")
+    data = bytes(packet)
+    assert HEADER_SIZE == 36
+    assert data[:4] == b"RTXP" and data[4] == VERSION and data[5] == 0x80
+    values = FIELDS.unpack_from(data)
+    assert values[3:] == (0x01020304, bytes(range(8)), 768, 512, 1, 2, 3, 4, 6, 3)
+    assert struct.unpack_from("<I", data, 32)[0] == zlib.crc32(data[:32] + b"abc")
+    assert data[36:] == b"abc"
+
+
+def test_parity_flag_follows_index() -> None:
+    assert not example(index=3, k=4, n=6).is_parity
+    assert example(index=4, k=4, n=6).is_parity
+
+
+def test_packet_error_is_a_bitstream_error() -> None:
+    assert issubclass(PacketError, BitstreamError)
+    assert issubclass(PacketError, ResilientTxError)
+
+
+# Plain random bytes rarely get past the magic; also try ones that start like a packet.
+datagrams = st.one_of(st.binary(max_size=120),
+                      st.binary(max_size=120).map(lambda b: MAGIC + bytes([VERSION]) + b))
+
+
+@EXAMPLES
+@given(datagrams)
+def test_arbitrary_bytes_raise_only_packet_error(data: bytes) -> None:
+    try:
+        packet = Packet.parse(data)
+    except PacketError:
+        return
+    # Reaching here needs a valid magic, version, length and CRC by chance: re-encoding
+    # must then give the same bytes.
+    assert bytes(packet) == data
+
+
+@EXAMPLES
+@given(packets(max_payload_size=64), st.data())
+def test_any_single_byte_change_is_rejected(packet: Packet, data: st.DataObject) -> None:
+    # CRC-32 catches every burst error of up to 32 bits, so one changed byte never passes.
+    wire = bytearray(bytes(packet))
+    pos = data.draw(st.integers(0, len(wire) - 1))
+    wire[pos] ^= data.draw(st.integers(1, 255))
+    with pytest.raises(PacketError):
+        Packet.parse(bytes(wire))
+
+
+@EXAMPLES
+@given(packets(max_payload_size=64), st.data())
+def test_truncated_or_extended_is_rejected(packet: Packet, data: st.DataObject) -> None:
+    wire = bytes(packet)
+    cut = data.draw(st.integers(0, len(wire) - 1))
+    with pytest.raises(PacketError):
+        Packet.parse(wire[:cut])
+    with pytest.raises(PacketError):
+        Packet.parse(wire + data.draw(st.binary(min_size=1, max_size=8)))
+
+
+@EXAMPLES
+@given(packets(max_payload_size=64), st.lists(st.tuples(st.integers(0, 10**6),
+                                                        st.integers(0, 255)), max_size=8))
+def test_mutations_raise_only_packet_error(packet: Packet,
+                                           edits: list[tuple[int, int]]) -> None:
+    wire = bytearray(bytes(packet))
+    for pos, value in edits:
+        wire[pos % len(wire)] = value
+    try:
+        parsed = Packet.parse(bytes(wire))
+    except PacketError:
+        return
+    assert bytes(parsed) == bytes(wire)  # only an unchanged (or CRC-colliding) packet parses
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"magic": b"RTXF"}, "bad magic"),
+        ({"version": 2}, "version"),
+        ({"width": 0}, "image size"),
+        ({"height": 0}, "image size"),
+        ({"stage": 0}, "stage 0"),
+        ({"k": 0}, "k=0"),
+        ({"k": 5, "n": 4}, "k=5, n=4"),
+        ({"index": 4, "k": 2, "n": 4}, "index 4"),
+        ({"length": 3}, "length mismatch"),
+    ],
+)
+def test_crc_valid_but_inconsistent_headers_are_rejected(values: dict[str, object],
+                                                         message: str) -> None:
+    with pytest.raises(PacketError, match=message):
+        Packet.parse(raw(values))
+
+
+def test_bad_crc_and_non_bytes_are_rejected() -> None:
+    assert Packet.parse(raw({})).payload == b"xy"
+    with pytest.raises(PacketError, match="CRC"):
+        Packet.parse(raw({}, crc_ok=False))
+    with pytest.raises(PacketError, match="truncated"):
+        Packet.parse(b"")
+    for junk in ("RTXP text message", None, 1200, [1, 2]):
+        with pytest.raises(PacketError, match="not a packet"):
+            Packet.parse(junk)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model_id": b"short"},
+        {"payload": "text"},
+        {"image_id": -1},
+        {"width": 0},
+        {"height": 1 << 16},
+        {"rate_point": 256},
+        {"stage": 0},
+        {"k": 0},
+        {"n": 3, "k": 4},
+        {"index": 6},
+        {"flags": 256},
+        {"k": True},
+        {"payload": bytes(1 << 16)},
+    ],
+)
+def test_construction_validates_fields(overrides: dict[str, object]) -> None:
+    with pytest.raises(InputError):
+        example(**overrides)
+
+
+def test_size_limits_default_to_1200_and_are_configurable() -> None:
+    assert DEFAULT_MAX_PACKET == 1200
+    assert max_payload() == 1200 - HEADER_SIZE
+    assert max_payload(1500) == 1500 - HEADER_SIZE
+    assert max_payload(10**6) == 0xFFFF  # the u16 length field caps it
+    fits = example(payload=bytes(max_payload()))
+    assert check_size(fits) == 1200
+    with pytest.raises(InputError, match="over the 1200-byte limit"):
+        check_size(example(payload=bytes(max_payload() + 1)))
+    assert check_size(example(payload=bytes(max_payload() + 1)), limit=1201) == 1201
+    for bad in (HEADER_SIZE, 0, 1.5):
+        with pytest.raises(InputError):
+            max_payload(bad)  # type: ignore[arg-type]
