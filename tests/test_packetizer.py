@@ -1,0 +1,84 @@
+"""Packetizer: chunks are interleaved, balanced, fit the packet limit, and carry FEC parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from resilient_tx import fec, layout
+from resilient_tx.checkpoint import load_model, save_model
+from resilient_tx.codec import Codec
+from resilient_tx.config import ModelConfig
+from resilient_tx.data import load_rgb
+from resilient_tx.demo import sample_path
+from resilient_tx.errors import InputError
+from resilient_tx.model import PQMIM
+from resilient_tx.packet import Packet
+from resilient_tx.packetizer import Packetizer
+
+
+def make_codec(tmp_path: Path, cfg: ModelConfig, seed: int = 0) -> Codec:
+    torch.manual_seed(seed)
+    marg = torch.randint(1, 50, (cfg.num_subvectors, cfg.codebook_size))
+    save_model(tmp_path / "tiny.pt", PQMIM(cfg), marg, {})
+    return Codec(load_model(tmp_path / "tiny.pt"))
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    return load_rgb(sample_path())[:256, :320]
+
+
+@pytest.mark.parametrize("max_packet", [100, 200, 1200])
+def test_packets_fit_limit_and_parse(tmp_path, tiny_config, image, max_packet) -> None:
+    pk = Packetizer(make_codec(tmp_path, tiny_config), fec.get_profile("light"),
+                    max_packet=max_packet)
+    out = pk.packetize(image, image_id=42)
+    assert all(p.size <= max_packet for p in out.packets)
+    assert [Packet.parse(bytes(p)) for p in out.packets] == list(out.packets)
+    for plan in out.stages:
+        stage_packets = [p for p in out.packets if p.stage == plan.stage]
+        assert len(stage_packets) == plan.k + plan.parity
+        assert all(p.k == plan.k and p.n == plan.k + plan.parity for p in stage_packets)
+
+
+def test_small_packets_split_stages_into_several_chunks(tmp_path, tiny_config, image) -> None:
+    out = Packetizer(make_codec(tmp_path, tiny_config), fec.get_profile("none"),
+                     max_packet=100).packetize(image, 1)
+    assert max(plan.k for plan in out.stages) > 1
+
+
+def test_unequal_protection_earlier_stages_get_more(tmp_path, tiny_config, image) -> None:
+    out = Packetizer(make_codec(tmp_path, tiny_config), fec.get_profile("strong"),
+                     max_packet=100, min_chunks=4).packetize(image, 1)
+    ratios = [plan.parity / plan.k for plan in out.stages]
+    assert ratios == sorted(ratios, reverse=True) and ratios[0] > ratios[-1]
+
+
+def test_chunks_interleave_neighbours() -> None:
+    members = layout.chunk_members(100, 4, seed=7)
+    for idx in members:
+        # one position from every block of k consecutive stage positions
+        assert len(idx) == 25 and sorted(set(idx // 4)) == list(range(25))
+
+
+def test_best_seed_balances_bytes() -> None:
+    bits = np.random.default_rng(0).gamma(2.0, 5.0, size=1000)
+    k = 6
+    plain = np.bincount(layout.assign_chunks(1000, k, 0), weights=bits, minlength=k)
+    best = np.bincount(layout.assign_chunks(1000, k, layout.best_seed(bits, k)),
+                       weights=bits, minlength=k)
+    assert best.max() <= plain.max()
+
+
+def test_bad_arguments(tmp_path, tiny_config) -> None:
+    codec = make_codec(tmp_path, tiny_config)
+    with pytest.raises(InputError):
+        Packetizer(codec, fec.get_profile("none"), max_packet=40)
+    with pytest.raises(InputError):
+        Packetizer(codec, fec.get_profile("none"), min_chunks=0)
+    with pytest.raises(InputError):
+        layout.assign_chunks(10, 0, 0)
