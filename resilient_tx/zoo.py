@@ -19,7 +19,7 @@ def _models_dir() -> Path:
 def available_rates() -> list[str]:
     """Names of the shipped rate points, lowest rate first (by bits per token)."""
     names = [p.stem for p in _models_dir().glob("*.pt")]
-    return sorted(names, key=lambda n: (get_model(n).cfg.raw_bits_per_token / 
+    return sorted(names, key=lambda n: (get_model(n).cfg.raw_bits_per_token /
                                         get_model(n).cfg.downsample ** 2, n))
 
 
