@@ -1,0 +1,320 @@
+"""Loss sweep: picture quality against packet loss, for FEC profiles and inpainters.
+
+Every image is encoded and packetized once per FEC profile, sent through the seeded
+channel simulator at each loss rate and trial, received by the real receiver
+(:mod:`resilient_tx.reassembly`: exact tokens only), and completed by each inpainter.
+The oracle is the same codec with no loss at (1 - p) x the bytes on the wire, read off
+the no-loss rate-distortion points of the shipped rate points (linear in bpp; flagged
+when outside their range).
+
+    python simulations/loss_sweep.py                          # bundled samples, both models
+    python simulations/loss_sweep.py --images ../shared/data/kodak --limit 8 --trials 2
+    python simulations/loss_sweep.py --loss-model gilbert --burst 4 --rates 0.3 0.5
+
+Writes OUT/loss_sweep.json, OUT/loss_sweep.csv, OUT/loss_sweep.png (PSNR and MS-SSIM
+against loss) and OUT/examples.png (reconstructions of the first image), and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from resilient_tx import channel, fec, metrics  # noqa: E402
+from resilient_tx.codec import Codec  # noqa: E402
+from resilient_tx.data import list_images, load_rgb  # noqa: E402
+from resilient_tx.errors import ResilientTxError  # noqa: E402
+from resilient_tx.inpaint import get_inpainter  # noqa: E402
+from resilient_tx.packet import Packet  # noqa: E402
+from resilient_tx.packetizer import PacketizedImage, Packetizer  # noqa: E402
+from resilient_tx.reassembly import ImageAssembler, decode_tokens, report  # noqa: E402
+from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
+from resilient_tx.zoo import available_rates, get_model  # noqa: E402
+
+SAMPLES = ROOT / "resilient_tx" / "samples"
+FOR_LOSS = "for_loss"  # FEC profile derived from the loss rate being simulated
+
+
+@dataclass(frozen=True)
+class Trial:
+    image: str
+    loss_model: str
+    loss: float
+    trial: int
+    fec: str
+    inpainter: str
+    wire_bpp: float  # every packet sent, headers and parity included
+    received_fraction: float
+    tokens_inpainted: float  # fraction
+    unusable_fraction: float  # of the bytes received
+    psnr: float
+    ms_ssim: float
+    inpaint_s: float
+
+
+def _profile(name: str, loss: float) -> fec.FecProfile:
+    return fec.for_loss(loss) if name == FOR_LOSS else fec.get_profile(name)
+
+
+def _receive(codec: Codec, raw: list[bytes]):
+    packets = []
+    for b in raw:
+        try:
+            packets.append(Packet.parse(b))
+        except ResilientTxError:
+            continue  # corrupted on the way: a loss
+    if not packets:
+        return None
+    asm = ImageAssembler(packets[0])
+    for p in packets[1:]:
+        asm.add(p)
+    tokens, known, dec = decode_tokens(codec, asm)
+    return tokens, known, report(asm, dec)
+
+
+def _quality(img: np.ndarray, recon: np.ndarray) -> tuple[float, float]:
+    return metrics.psnr(img, recon), metrics.ms_ssim(img, recon)
+
+
+def run_point(codec: Codec, img: np.ndarray, name: str, sent: PacketizedImage,
+              cfg: channel.ChannelConfig, seed: int, inpainters: dict, label: dict,
+              examples: dict) -> list[Trial]:
+    raw = [bytes(p) for p in sent.packets]
+    delivered, _ = channel.transmit(raw, cfg, seed)
+    h, w = img.shape[:2]
+    wire_bpp = metrics.bpp(sent.total_bytes, w, h)
+    got = _receive(codec, delivered)
+    m, th, tw = sent.tokens.shape
+    if got is None:  # nothing arrived: every inpainter starts from nothing
+        tokens, known = torch.zeros_like(sent.tokens), torch.zeros(th, tw, dtype=torch.bool)
+        rec_frac, unusable, inpainted = 0.0, 0.0, 1.0
+    else:
+        tokens, known, rep = got
+        rec_frac = rep.packets_received / len(sent.packets)
+        unusable = rep.bytes_unusable / max(1, rep.bytes_received)
+        inpainted = rep.tokens_inpainted / rep.tokens
+    out = []
+    for iname, inp in inpainters.items():
+        t0 = time.perf_counter()
+        filled = inp.fill(tokens, known)
+        dt = time.perf_counter() - t0
+        recon = codec.tokens_to_image(filled, w, h)
+        ps, ms = _quality(img, recon)
+        key = (label["loss_model"], label["loss"], label["fec"], iname)
+        if label["trial"] == 0 and key not in examples:
+            examples[key] = recon
+        out.append(Trial(image=name, inpainter=iname, wire_bpp=wire_bpp,
+                         received_fraction=rec_frac, tokens_inpainted=inpainted,
+                         unusable_fraction=unusable, psnr=ps, ms_ssim=ms, inpaint_s=dt,
+                         **label))
+    return out
+
+
+def oracle(codecs: dict[str, Codec], images: dict[str, np.ndarray]) -> list[tuple[float, float,
+                                                                                  float]]:
+    """(wire bpp, PSNR, MS-SSIM) means with no loss and no FEC, per shipped rate point."""
+    pts = []
+    for codec in codecs.values():
+        pk = Packetizer(codec, fec.get_profile("none"))
+        rows = []
+        for img in images.values():
+            sent = pk.packetize(img, 0)
+            recon = codec.tokens_to_image(sent.tokens, img.shape[1], img.shape[0])
+            rows.append((metrics.bpp(sent.total_bytes, img.shape[1], img.shape[0]),
+                         *_quality(img, recon)))
+        pts.append(tuple(float(np.nanmean([r[i] for r in rows])) for i in range(3)))
+    return sorted(pts)
+
+
+def oracle_at(points: list[tuple[float, float, float]], bpp: float) -> tuple[float, float, bool]:
+    xs = [p[0] for p in points]
+    inside = xs[0] <= bpp <= xs[-1]
+    return (float(np.interp(bpp, xs, [p[1] for p in points])),
+            float(np.interp(bpp, xs, [p[2] for p in points])), inside)
+
+
+def summarise(trials: list[Trial]) -> list[dict]:
+    groups: dict[tuple, list[Trial]] = defaultdict(list)
+    for t in trials:
+        groups[(t.loss_model, t.loss, t.fec, t.inpainter)].append(t)
+    rows = []
+    for (lm, p, f, inp), ts in sorted(groups.items()):
+        rows.append({"loss_model": lm, "loss": p, "fec": f, "inpainter": inp, "n": len(ts),
+                     **{k: float(np.nanmean([getattr(t, k) for t in ts]))
+                        for k in ("wire_bpp", "received_fraction", "tokens_inpainted",
+                                  "unusable_fraction", "psnr", "ms_ssim", "inpaint_s")},
+                     "psnr_min": float(np.min([t.psnr for t in ts]))})
+    return rows
+
+
+def print_table(rows: list[dict], oracle_pts) -> None:
+    hdr = (f"{'model':<10}{'loss':>5} {'fec':<9}{'inpaint':<9}{'wire bpp':>9}{'recv':>6}"
+           f"{'inpainted':>10}{'unusable':>9}{'PSNR':>7}{'min':>7}{'MS-SSIM':>8}{'oracle':>8}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        o_psnr, _, inside = oracle_at(oracle_pts, (1 - r["loss"]) * r["wire_bpp"])
+        print(f"{r['loss_model']:<10}{r['loss']:>5.2f} {r['fec']:<9}{r['inpainter']:<9}"
+              f"{r['wire_bpp']:>9.4f}{r['received_fraction']:>6.2f}{r['tokens_inpainted']:>10.2f}"
+              f"{r['unusable_fraction']:>9.2f}{r['psnr']:>7.2f}{r['psnr_min']:>7.2f}"
+              f"{r['ms_ssim']:>8.4f}{o_psnr:>7.2f}{'' if inside else '*'}")
+    print("oracle: no-loss PSNR at (1-p) x wire bpp, interpolated between the shipped rate "
+          "points (* = outside them, clamped)")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["loss_model"] for r in rows})
+    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
+    for col, lm in enumerate(models):
+        for row, key in enumerate(("psnr", "ms_ssim")):
+            ax = axes[row][col]
+            series = sorted({(r["fec"], r["inpainter"]) for r in rows if r["loss_model"] == lm})
+            for f, inp in series:
+                pts = sorted((r["loss"], r[key], r["wire_bpp"]) for r in rows
+                             if (r["loss_model"], r["fec"], r["inpainter"]) == (lm, f, inp))
+                ax.plot([p[0] * 100 for p in pts], [p[1] for p in pts], "o-", ms=3,
+                        label=f"{f} / {inp} ({np.mean([p[2] for p in pts]):.3f} bpp)")
+            ax.set_title(f"{lm} loss")
+            ax.set_xlabel("packet loss (%)")
+            ax.set_ylabel("PSNR (dB)" if key == "psnr" else "MS-SSIM")
+            ax.grid(alpha=0.3)
+        axes[0][col].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_examples(img: np.ndarray, examples: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted(examples)[:11]
+    fig, axes = plt.subplots(3, 4, figsize=(16, 8))
+    axes = axes.ravel()
+    axes[0].imshow(img)
+    axes[0].set_title("original", fontsize=8)
+    for ax, key in zip(axes[1:], keys, strict=False):
+        ax.imshow(examples[key])
+        ax.set_title(f"{key[0]} {key[1]:.0%} fec={key[2]} {key[3]}", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _channel_configs(args: argparse.Namespace) -> list[tuple[str, float, channel.ChannelConfig]]:
+    models = ["bernoulli", "gilbert"] if args.loss_model == "both" else [args.loss_model]
+    out = []
+    for lm in models:
+        for p in args.rates:
+            burst = args.burst if lm == "gilbert" else 1.0
+            out.append((lm, p, channel.ChannelConfig(loss_model=lm, loss_rate=p,
+                                                     burst_length=burst)))
+    return out
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--images", default=str(SAMPLES), help="image folder (default: bundled samples)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
+    p.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5],
+                   help="packet loss rates (default: 0.1 .. 0.5)")
+    p.add_argument("--trials", type=int, default=3, help="seeded trials per point (default: 3)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+    p.add_argument("--loss-model", choices=["bernoulli", "gilbert", "both"], default="both")
+    p.add_argument("--burst", type=float, default=4.0,
+                   help="mean burst length for gilbert loss (default: 4)")
+    p.add_argument("--rate", default=None, help="codec rate point (default: the lowest)")
+    p.add_argument("--fec", nargs="+", default=["none", "light", "strong", FOR_LOSS],
+                   help="FEC profiles (default: none light strong for_loss)")
+    p.add_argument("--inpainters", nargs="+", default=["mim", "neighbor", "none"])
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
+    p.add_argument("--out", default="out/loss_sweep", help="output folder")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        set_threads(args.threads)
+        device = resolve_device(args.device)
+        for p in args.rates:
+            if not 0 <= p < 1:
+                raise ResilientTxError(f"loss rates must be in [0, 1), got {p}")
+        images = {f.stem: load_rgb(f) for f in list_images(args.images)[: args.limit or None]}
+        rates = available_rates()
+        codecs = {r: Codec(get_model(r), device) for r in rates}
+        codec = codecs[args.rate or rates[0]] if (args.rate or rates[0]) in codecs else None
+        if codec is None:
+            raise ResilientTxError(f"unknown rate {args.rate!r} (available: {', '.join(rates)})")
+        inpainters = {n: get_inpainter(n, codec.model, device) for n in args.inpainters}
+        configs = _channel_configs(args)
+        for f in args.fec:
+            _profile(f, 0.1)  # unknown names fail here, before hours of work
+    except ResilientTxError as exc:
+        print(f"loss_sweep: error: {exc}", file=sys.stderr)
+        return 2
+    trials: list[Trial] = []
+    examples: dict = {}
+    total = len(images) * len(configs) * len(args.fec) * args.trials
+    bar = tqdm(total=total, desc="loss sweep", unit="run")
+    for i, (name, img) in enumerate(images.items()):
+        cache: dict = {}
+        for lm, p, cfg in configs:
+            for f in args.fec:
+                key = (f, p if f == FOR_LOSS else None)
+                if key not in cache:
+                    cache[key] = Packetizer(codec, _profile(f, p)).packetize(img, i)
+                for t in range(args.trials):
+                    label = {"loss_model": lm, "loss": p, "trial": t, "fec": f}
+                    seed = args.seed * 1_000_003 + i * 10_007 + t * 101 + int(p * 1000)
+                    ex = examples if i == 0 else {}
+                    trials += run_point(codec, img, name, cache[key], cfg, seed, inpainters,
+                                        label, ex)
+                    bar.update(1)
+    bar.close()
+    rows = summarise(trials)
+    oracle_pts = oracle(codecs, images)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "loss_sweep.json").write_text(json.dumps(
+        {"args": vars(args), "codec_rate": codec.model.name, "oracle_points": oracle_pts,
+         "summary": rows, "trials": [dataclasses.asdict(t) for t in trials]}, indent=1))
+    with (out / "loss_sweep.csv").open("w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+    plot(rows, out / "loss_sweep.png")
+    plot_examples(next(iter(images.values())), examples, out / "examples.png")
+    print_table(rows, oracle_pts)
+    print(f"wrote {out}/loss_sweep.json, loss_sweep.csv, loss_sweep.png, examples.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
