@@ -1,0 +1,270 @@
+"""Fill missing tokens of a partially received image (PQ-MIM paper, Sec. 4.3).
+
+Sec. 4.3, "Predicting missing patches": the conditional entropy model that codes stage
+s from stages < s is a masked image model, so it can equally predict *any* hidden tokens
+from the observed ones. The receiver uses this to conceal tokens it could not decode
+exactly (lost packets, or stages whose context is incomplete); the PQ-VAE decoder then
+turns the completed grid into pixels.
+
+Every inpainter implements :class:`Inpainter`: ``fill(tokens, known)`` takes tokens
+``(M, h, w)`` int64 and a ``known`` mask ``(h, w)`` bool, and returns a *new* tensor in
+which known positions are bit-identical to the input and unknown positions are filled.
+The values the input holds at unknown positions are never read.
+
+* :class:`MimInpainter` -- iterative MIM fill, in quincunx stage order or MaskGIT-style
+  confidence order (Sec. 4.3, "Number of prediction stages", Fig. 9). Deterministic: each
+  sub-quantizer's index is picked from its own softmax, independently of the others
+  (the codebook entry nearest the posterior mean by default, or the argmax).
+* :class:`NeighborInpainter` -- copy the nearest known token (Euclidean on the grid).
+* :class:`NoInpainter` -- a fixed token: each sub-codebook's most frequent index.
+
+:func:`get_inpainter` builds one by name (:data:`INPAINTERS` is the registry).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+
+from .checkpoint import LoadedModel
+from .errors import InputError
+from .partition import quincunx_stages
+
+ORDERS = ("quincunx", "confidence")
+#: How a predicted distribution becomes an index, per sub-quantizer (see MimInpainter).
+DECISIONS = ("mean", "argmax")
+DEFAULT_DECISION = "mean"
+#: Chosen by measurement on the bundled sample; see :class:`MimInpainter`.
+DEFAULT_ORDER = "quincunx"
+DEFAULT_CONFIDENCE_STEPS = 8
+#: Unknown positions handled per block by the nearest-neighbour search (bounds memory).
+_NN_BLOCK = 1024
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Inpainter(ABC):
+    """Common interface: fill the unknown positions of a token grid (Sec. 4.3)."""
+
+    name: ClassVar[str]
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.num_subvectors = model.cfg.num_subvectors
+        self.codebook_size = model.cfg.codebook_size
+
+    def fill(self, tokens: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """Return a new (M, h, w) int64 CPU tensor: known tokens copied, the rest filled.
+
+        ``tokens`` values at unknown positions are ignored (they may be garbage).
+        """
+        self._check(tokens, known)
+        tokens, known = tokens.detach().cpu(), known.detach().cpu()
+        if bool(known.all()):
+            return tokens.clone()
+        out = self._fill(torch.where(known, tokens, 0), known).to(torch.int64).cpu()
+        return torch.where(known, tokens, out)  # known positions bit-identical, by construction
+
+    @abstractmethod
+    def _fill(self, tokens: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """(M, h, w) with every unknown position filled; ``known`` has at least one False."""
+
+    def _check(self, tokens: torch.Tensor, known: torch.Tensor) -> None:
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.int64 or tokens.ndim != 3:
+            raise InputError("tokens must be an (M, h, w) int64 tensor")
+        if not isinstance(known, torch.Tensor) or known.dtype != torch.bool or known.ndim != 2:
+            raise InputError("known must be an (h, w) bool tensor")
+        if tokens.shape[0] != self.num_subvectors or tuple(tokens.shape[1:]) != tuple(known.shape):
+            raise InputError(f"tokens {tuple(tokens.shape)} and known {tuple(known.shape)} do not "
+                             f"match a model with M={self.num_subvectors}")
+        if 0 in known.shape:
+            raise InputError(f"token grid must be at least 1x1, got {tuple(known.shape)}")
+        vals = tokens.detach().cpu()[:, known.detach().cpu()]
+        if vals.numel() and (int(vals.min()) < 0 or int(vals.max()) >= self.codebook_size):
+            raise InputError(f"known token indices must lie in [0, {self.codebook_size})")
+
+
+class NoInpainter(Inpainter):
+    """Baseline "no inpainting": every unknown token becomes one fixed token.
+
+    The fixed token is, per sub-codebook, the most frequent index in the model's
+    training-set marginals (the stage-1 model of Sec. 3.2); ties go to the lowest index.
+    """
+
+    name = "none"
+
+    def __init__(self, model: LoadedModel) -> None:
+        super().__init__(model)
+        self.token = model.marginals.to(torch.int64).argmax(dim=1)  # (M,)
+
+    def _fill(self, tokens: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        return self.token[:, None, None].expand_as(tokens).clone()
+
+
+class NeighborInpainter(Inpainter):
+    """Baseline: copy the nearest known token (squared Euclidean grid distance).
+
+    Ties go to the known position first in raster order. With nothing known, falls back
+    to :class:`NoInpainter`'s fixed token.
+    """
+
+    name = "neighbor"
+
+    def __init__(self, model: LoadedModel) -> None:
+        super().__init__(model)
+        self.fallback = NoInpainter(model)
+
+    def _fill(self, tokens: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        if not bool(known.any()):
+            return self.fallback._fill(tokens, known)
+        m, h, w = tokens.shape
+        src = nearest_known(known)  # (h*w,) flat index of the nearest known cell
+        return tokens.reshape(m, h * w)[:, src].reshape(m, h, w)
+
+
+def nearest_known(known: torch.Tensor) -> torch.Tensor:
+    """For each cell of an (h, w) mask with some True, the flat index of its nearest True cell.
+
+    Exact squared Euclidean distance in integers; ties resolve to the lowest flat index
+    (``argmin`` returns the first minimum). Memory is bounded by searching in blocks.
+    """
+    h, w = known.shape
+    ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    coords = torch.stack([ii.reshape(-1), jj.reshape(-1)], dim=1)  # (h*w, 2)
+    kidx = torch.nonzero(known.reshape(-1)).squeeze(1)
+    kc = coords[kidx]
+    out = torch.arange(h * w)
+    uidx = torch.nonzero(~known.reshape(-1)).squeeze(1)
+    for start in range(0, len(uidx), _NN_BLOCK):
+        blk = uidx[start:start + _NN_BLOCK]
+        d2 = ((coords[blk, None, :] - kc[None, :, :]) ** 2).sum(-1)  # (b, K) int64
+        out[blk] = kidx[d2.argmin(dim=1)]
+    return out
+
+
+class MimInpainter(Inpainter):
+    """Iterative MIM fill of the unknown tokens given all known ones (Sec. 4.3, Fig. 10).
+
+    ``order="quincunx"``: unknown tokens are filled stage by stage (stage 1 first), each
+    pass conditioning on every token known or already filled -- the order the MIM codes
+    in (Sec. 3.2), so every prediction sees its nearest neighbours from earlier stages.
+    Stages with no unknown token cost no pass.
+
+    ``order="confidence"`` (MaskGIT, Sec. 4.3 "Number of prediction stages"): at each of
+    ``steps`` passes all remaining unknowns are predicted and the most confident ones are
+    committed, so that a cosine schedule ``cos(pi/2 * t/steps)`` of them stays unknown
+    after pass t. Confidence is the product over sub-quantizers of the max probability.
+
+    Prediction is deterministic and per sub-quantizer, each independently of the others
+    (the M heads are conditionally independent given the context):
+
+    * ``decision="mean"`` (default): the codebook entry nearest (cosine, as the quantizer
+      itself assigns) to the posterior-mean lookup vector ``sum_v p(v) c_v`` -- a
+      minimum-expected-latent-error pick. Measured on the bundled sample it beats argmax
+      by 1.3-2.0 dB PSNR, and only with it does the MIM beat neighbour copy.
+    * ``decision="argmax"``: the argmax of each sub-quantizer's softmax.
+
+    The MIM runs in float32 on ``device`` (CUDA when available by default); unlike
+    entropy coding, inpainting needs no cross-machine bit-exactness.
+
+    Default order: quincunx. On the bundled sample (``low`` model) it ties confidence
+    order at 30 % random token loss and beats it by 0.05-0.4 dB when whole stages or
+    parts of stages 4-5 are lost, with at most S passes instead of ``steps``.
+    """
+
+    name = "mim"
+
+    def __init__(self, model: LoadedModel, device: torch.device | str | None = None,
+                 order: str = DEFAULT_ORDER, steps: int = DEFAULT_CONFIDENCE_STEPS,
+                 decision: str = DEFAULT_DECISION) -> None:
+        super().__init__(model)
+        if order not in ORDERS:
+            raise InputError(f"unknown inpainting order {order!r} (one of {', '.join(ORDERS)})")
+        if decision not in DECISIONS:
+            raise InputError(f"unknown decision {decision!r} (one of {', '.join(DECISIONS)})")
+        if steps < 1:
+            raise InputError(f"steps must be >= 1, got {steps}")
+        self.order, self.steps, self.decision = order, steps, decision
+        self.stages = model.cfg.stages
+        self.device = torch.device(device) if device is not None else default_device()
+        # A private float32 copy: the shared LoadedModel may live on another device.
+        self.mim = copy.deepcopy(model.net.mim).float().to(self.device).eval()
+        with torch.no_grad():  # (M, V, k) unit vectors the decoder actually sees
+            self.codebooks = model.net.quantizer.normalized_codebooks().detach().float().to(
+                self.device)
+
+    @torch.no_grad()
+    def _predict(self, tokens: torch.Tensor, unknown: torch.Tensor) -> tuple[torch.Tensor,
+                                                                              torch.Tensor]:
+        """Predicted tokens (M, h, w) and log-confidence (h, w) at every position."""
+        logits = self.mim(tokens[None].to(self.device), unknown[None].to(self.device))[0]
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (h, w, M, V)
+        best, idx = logp.max(dim=-1)  # (h, w, M): log max-probability and argmax
+        if self.decision == "mean":
+            idx = self._nearest_to_mean(logp.exp())
+        return idx.permute(2, 0, 1).cpu(), best.sum(dim=-1).cpu()
+
+    def _nearest_to_mean(self, probs: torch.Tensor) -> torch.Tensor:
+        """(h, w, M, V) probabilities -> (h, w, M) entry nearest the expected lookup vector."""
+        mean = torch.einsum("hwmv,mvk->hwmk", probs, self.codebooks)
+        return torch.einsum("hwmk,mvk->hwmv", mean, self.codebooks).argmax(dim=-1)
+
+    def _fill(self, tokens: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        if self.order == "quincunx":
+            return self._fill_quincunx(tokens.clone(), ~known)
+        return self._fill_confidence(tokens.clone(), ~known)
+
+    def _fill_quincunx(self, tokens: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
+        grid = torch.from_numpy(quincunx_stages(*unknown.shape, self.stages))
+        for s in range(1, self.stages + 1):
+            sel = unknown & (grid == s)
+            if bool(sel.any()):
+                pred, _ = self._predict(tokens, unknown)
+                tokens[:, sel] = pred[:, sel]
+                unknown = unknown & ~sel
+        return tokens
+
+    def _fill_confidence(self, tokens: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
+        total = int(unknown.sum())
+        for t in range(1, self.steps + 1):
+            left = int(unknown.sum())
+            if left == 0:
+                break
+            n = max(1, left - cosine_left(total, t, self.steps))
+            pred, conf = self._predict(tokens, unknown)
+            flat = torch.where(unknown, conf, -math.inf).reshape(-1)
+            pick = torch.sort(flat, descending=True, stable=True).indices[:n]
+            sel = torch.zeros_like(flat, dtype=torch.bool)
+            sel[pick] = True
+            sel = sel.reshape(unknown.shape)
+            tokens[:, sel] = pred[:, sel]
+            unknown = unknown & ~sel
+        return tokens
+
+
+def cosine_left(total: int, step: int, steps: int) -> int:
+    """MaskGIT cosine schedule: tokens still unknown after ``step`` of ``steps`` (0 at the end)."""
+    return 0 if step >= steps else math.floor(total * math.cos(math.pi / 2 * step / steps))
+
+
+#: name -> factory(model, device). Other modules may register more (e.g. ``ar``).
+INPAINTERS: dict[str, Callable[[LoadedModel, torch.device], Inpainter]] = {
+    "mim": lambda model, device: MimInpainter(model, device),
+    "neighbor": lambda model, device: NeighborInpainter(model),
+    "none": lambda model, device: NoInpainter(model),
+}
+
+
+def get_inpainter(name: str, model: LoadedModel,
+                  device: torch.device | str | None = None) -> Inpainter:
+    """The inpainter registered as ``name`` (see :data:`INPAINTERS`), bound to ``model``."""
+    if name not in INPAINTERS:
+        raise InputError(f"unknown inpainter {name!r} (one of {', '.join(sorted(INPAINTERS))})")
+    return INPAINTERS[name](model, torch.device(device) if device is not None else default_device())
