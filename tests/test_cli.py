@@ -1,0 +1,155 @@
+"""Every CLI error path gives one clear line and a non-zero exit; the happy paths work."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from resilient_tx.checkpoint import save_model
+from resilient_tx.cli import main
+from resilient_tx.config import ModelConfig
+from resilient_tx.data import load_rgb
+from resilient_tx.demo import sample_path
+from resilient_tx.metrics import psnr
+from resilient_tx.model import PQMIM
+
+TINY = ModelConfig(widths=(8, 8, 8), latent_dim=16, num_subvectors=2, codebook_size=16,
+                   latent_blocks=1, latent_heads=2, mim_dim=16, mim_depth=1, mim_heads=2)
+
+
+@pytest.fixture(scope="module")
+def small_png(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    p = tmp_path_factory.mktemp("img") / "small.png"
+    Image.fromarray(load_rgb(sample_path())[:96, :160]).save(p)
+    return p
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory, small_png: Path) -> Path:
+    out = tmp_path_factory.mktemp("rtx") / "small.rtx"
+    assert main(["encode", str(small_png), "-o", str(out)]) == 0
+    return out
+
+
+def run_err(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("resilient-tx: error:") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_encode_decode_round_trip(tmp_path, small_png, encoded, capsys) -> None:
+    out = tmp_path / "back.png"
+    assert main(["decode", str(encoded), "-o", str(out)]) == 0
+    assert "decode" in capsys.readouterr().out
+    assert psnr(load_rgb(small_png), load_rgb(out)) > 18.0
+
+
+def test_missing_input_file(tmp_path, capsys) -> None:
+    assert "no such file" in run_err(capsys, ["encode", str(tmp_path / "nope.png"), "-o",
+                                               str(tmp_path / "x.rtx")])
+    assert "no such file" in run_err(capsys, ["decode", str(tmp_path / "nope.rtx"), "-o",
+                                               str(tmp_path / "x.png")])
+
+
+def test_non_image_input(tmp_path, capsys) -> None:
+    fake = tmp_path / "fake.png"
+    fake.write_text("this is not a picture")
+    assert "not a readable image" in run_err(capsys, ["encode", str(fake), "-o",
+                                                       str(tmp_path / "x.rtx")])
+
+
+def test_non_rtx_input(tmp_path, small_png, capsys) -> None:
+    assert "not an .rtx file" in run_err(capsys, ["decode", str(small_png), "-o",
+                                                   str(tmp_path / "x.png")])
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.99])
+def test_truncated_rtx(tmp_path, encoded, capsys, keep: float) -> None:
+    blob = encoded.read_bytes()
+    cut = tmp_path / "cut.rtx"
+    cut.write_bytes(blob[: max(1, int(len(blob) * keep))])
+    assert "truncated" in run_err(capsys, ["decode", str(cut), "-o", str(tmp_path / "x.png")])
+
+
+def test_corrupted_payload_rtx(tmp_path, encoded, capsys) -> None:
+    blob = bytearray(encoded.read_bytes())
+    blob[-len(blob) // 3] ^= 0xFF  # inside the stage data, past the header
+    bad = tmp_path / "bad.rtx"
+    bad.write_bytes(bytes(blob))
+    assert "CRC" in run_err(capsys, ["decode", str(bad), "-o", str(tmp_path / "x.png")])
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_corrupted_header_rtx(tmp_path, encoded, capsys) -> None:
+    blob = bytearray(encoded.read_bytes())
+    blob[8] ^= 0x01  # inside the model id
+    bad = tmp_path / "badhead.rtx"
+    bad.write_bytes(bytes(blob))
+    assert "header CRC" in run_err(capsys, ["decode", str(bad), "-o", str(tmp_path / "x.png")])
+
+
+def _other_model(tmp_path: Path) -> Path:
+    torch.manual_seed(7)
+    path = tmp_path / "other.pt"
+    save_model(path, PQMIM(TINY), torch.ones(2, 16, dtype=torch.int64), {})
+    return path
+
+
+def test_rtx_from_a_different_model(tmp_path, small_png, encoded, capsys) -> None:
+    other = _other_model(tmp_path)
+    # A stream from the shipped model, decoded with another model file: refused.
+    err = run_err(capsys, ["decode", str(encoded), "-o", str(tmp_path / "x.png"),
+                           "--model", str(other)])
+    assert "made by model" in err
+    # A stream from a model that is not shipped, decoded without --model: refused too.
+    foreign = tmp_path / "foreign.rtx"
+    assert main(["encode", str(small_png), "-o", str(foreign), "--model", str(other)]) == 0
+    err = run_err(capsys, ["decode", str(foreign), "-o", str(tmp_path / "y.png")])
+    assert "not among the models shipped" in err
+
+
+def test_forged_model_id_with_valid_header_crc(tmp_path, encoded, capsys) -> None:
+    blob = bytearray(encoded.read_bytes())
+    blob[6:14] = b"\x00" * 8
+    n = blob[22]
+    end = 23 + 12 * n
+    blob[end : end + 4] = struct.pack("<I", zlib.crc32(bytes(blob[:end])) & 0xFFFFFFFF)
+    forged = tmp_path / "forged.rtx"
+    forged.write_bytes(bytes(blob))
+    assert "not among the models shipped" in run_err(
+        capsys, ["decode", str(forged), "-o", str(tmp_path / "x.png")])
+
+
+def test_unknown_rate_and_bad_device(tmp_path, small_png, capsys) -> None:
+    assert "unknown rate" in run_err(capsys, ["encode", str(small_png), "-o",
+                                               str(tmp_path / "x.rtx"), "--rate", "bogus"])
+    assert "--device" in run_err(capsys, ["encode", str(small_png), "-o",
+                                          str(tmp_path / "x.rtx"), "--device", "tpu"])
+
+
+def test_help_and_models(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    assert "encode" in capsys.readouterr().out
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "low" in out and "high" in out
+
+
+def test_demo_runs_on_bundled_sample(tmp_path, capsys) -> None:
+    assert main(["demo", "--out", str(tmp_path), "--rate", "low"]) == 0
+    out = capsys.readouterr().out
+    assert "exact" in out and "MISMATCH" not in out
+    recon = load_rgb(tmp_path / "low.png")
+    assert recon.shape == load_rgb(sample_path()).shape
+    assert np.isfinite(psnr(load_rgb(tmp_path / "original.png"), recon))
