@@ -7,7 +7,8 @@ little-endian, :data:`HEADER_SIZE` = 36 bytes)::
     offset  size  field
     0       4     magic "RTXP"
     4       1     version (this build writes and reads 1)
-    5       1     flags (no bits defined in version 1; kept verbatim, covered by the CRC)
+    5       1     flags: bits 0-2 = context depth c (0: stage s is coded given all stages < s;
+                  c > 0: given stages 1..min(s-1, c) only, see packetizer.py); others 0
     6       4     image id u32 (tells packets of consecutive images apart)
     10      8     model id (the first 8 bytes of the model hash, as in the .rtx file)
     18      2     image width u16

@@ -9,6 +9,12 @@ Reed-Solomon code across the k chunks (:mod:`fec`) adds the stage's parity packe
 
 A chunk is ``layout seed u8 | CRC32 u32 of its symbols | torchac bytes``: the seed lets the
 receiver rebuild which tokens the chunk holds, the CRC catches any desynchronisation.
+
+Context depth. By default stage s is conditioned on *all* earlier stages, the paper's
+chain: cheapest in bits, but one unrecoverable stage makes every later one undecodable.
+With ``context_depth=c`` stages after c are conditioned on stages 1..c only (the MIM was
+trained with arbitrary masks, so it handles this), so a lost stage 3 no longer takes
+stages 4 and 5 with it, at the price of some bits. The depth travels in the packet flags.
 """
 
 from __future__ import annotations
@@ -26,6 +32,12 @@ from .errors import InputError
 from .packet import DEFAULT_MAX_PACKET, MAX_U16, Packet
 
 CHUNK_HEADER = struct.Struct("<BI")  # layout seed, CRC32 of the chunk's symbols
+DEPTH_MASK = 0x07  # packet flag bits holding the context depth
+
+
+def context_stages(stage: int, depth: int) -> int:
+    """How many leading stages stage ``stage`` is conditioned on (depth 0 = all earlier)."""
+    return stage - 1 if depth == 0 else min(stage - 1, depth)
 
 
 @dataclass(frozen=True)
@@ -77,9 +89,13 @@ class Packetizer:
     """Turns images into packets for one codec (rate point), FEC profile and packet size."""
 
     def __init__(self, codec: Codec, profile: fec.FecProfile, rate_point: int = 0,
-                 max_packet: int = DEFAULT_MAX_PACKET, min_chunks: int = 1) -> None:
+                 max_packet: int = DEFAULT_MAX_PACKET, min_chunks: int = 1,
+                 context_depth: int = 0) -> None:
         if min_chunks < 1:
             raise InputError(f"min_chunks must be >= 1, got {min_chunks}")
+        if not 0 <= context_depth <= DEPTH_MASK:
+            raise InputError(f"context depth must be in [0, {DEPTH_MASK}], got {context_depth}")
+        self.context_depth = context_depth
         self.codec = codec
         self.profile = profile
         self.rate_point = rate_point
@@ -106,7 +122,8 @@ class Packetizer:
         plans = []
         for s, pos in enumerate(stages, start=1):
             sym = tokens.reshape(m, -1)[:, torch.from_numpy(pos)].T.contiguous()  # (n, M)
-            cdf = self.codec.stage_cdfs(tokens, s, pos, grid >= s)
+            hidden = grid > context_stages(s, self.context_depth)
+            cdf = self.codec.stage_cdfs(tokens, s, pos, hidden)
             plans.append(self._plan_stage(s, sym, cdf))
         return tuple(plans)
 
@@ -131,4 +148,5 @@ class Packetizer:
         n = len(shards)
         return [Packet(image_id=image_id, model_id=self.codec.model.model_id, width=width,
                        height=height, rate_point=self.rate_point, stage=plan.stage, index=i,
-                       k=plan.k, n=n, payload=shard) for i, shard in enumerate(shards)]
+                       k=plan.k, n=n, payload=shard, flags=self.context_depth)
+                for i, shard in enumerate(shards)]

@@ -27,7 +27,7 @@ from . import entropy, fec, layout
 from .codec import Codec
 from .errors import BitstreamError
 from .packet import HEADER_SIZE, Packet
-from .packetizer import CHUNK_HEADER, stage_grid
+from .packetizer import CHUNK_HEADER, DEPTH_MASK, context_stages, stage_grid
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class ImageAssembler:
         self.model_id = first.model_id
         self.width, self.height = first.width, first.height
         self.rate_point = first.rate_point
+        self.flags = first.flags
         self.stages: dict[int, _Stage] = {}
         self.bytes_received = 0
         self.rejected = 0
@@ -71,8 +72,9 @@ class ImageAssembler:
 
     def add(self, p: Packet) -> bool:
         """Accept a packet; False if it is a duplicate or contradicts earlier packets."""
-        if (p.image_id, p.model_id, p.width, p.height, p.rate_point) != (
-                self.image_id, self.model_id, self.width, self.height, self.rate_point):
+        if (p.image_id, p.model_id, p.width, p.height, p.rate_point, p.flags) != (
+                self.image_id, self.model_id, self.width, self.height, self.rate_point,
+                self.flags):
             self.rejected += 1
             return False
         st = self.stages.setdefault(p.stage, _Stage(p.k, p.n))
@@ -122,16 +124,18 @@ def decode_tokens(codec: Codec, asm: ImageAssembler) -> tuple[torch.Tensor, torc
     stages = codec.stages(h, w)
     grid = stage_grid(h, w, stages)
     dec = _Decoding(torch.zeros(m, h * w, dtype=torch.int64), torch.zeros(h * w, dtype=bool))
-    context_exact = True
+    depth = asm.flags & DEPTH_MASK
+    complete: list[bool] = []  # complete[i]: stage i + 1 decoded exactly
     for s, pos in enumerate(stages, start=1):
         st = asm.stages.get(s)
         if st is None:
-            context_exact = False
+            complete.append(False)
             continue
-        if not context_exact:
-            dec.unusable += _wire_bytes(st, st.shards)
+        if not all(complete[: context_stages(s, depth)]):
+            dec.unusable += _wire_bytes(st, st.shards)  # context inexact: never guess
+            complete.append(False)
             continue
-        context_exact = _decode_stage(codec, s, pos, grid, st, dec)
+        complete.append(_decode_stage(codec, s, pos, grid, st, dec, depth))
     return dec.tokens.reshape(m, h, w), dec.known.reshape(h, w), dec
 
 
@@ -154,13 +158,16 @@ def _available_chunks(st: _Stage) -> tuple[dict[int, bytes], int]:
 
 
 def _decode_stage(codec: Codec, s: int, pos: np.ndarray, grid: torch.Tensor, st: _Stage,
-                  dec: _Decoding) -> bool:
+                  dec: _Decoding, depth: int) -> bool:
     """Decode what can be decoded of stage ``s``; True if the whole stage is now exact."""
     m = codec.cfg.num_subvectors
     h, w = grid.shape
     chunks, recovered = _available_chunks(st)
     dec.recovered += recovered
-    cdf = codec.stage_cdfs(dec.tokens.reshape(m, h, w), s, pos, grid >= s)
+    # Hidden = every stage beyond the context; what the sender hid (packetizer.py).
+    hidden = grid > context_stages(s, depth)
+    known = torch.where(hidden.reshape(-1), 0, dec.tokens)  # not-yet-exact slots are masked
+    cdf = codec.stage_cdfs(known.reshape(m, h, w), s, pos, hidden)
     ok = 0
     for j, chunk in chunks.items():
         if _decode_chunk(cdf, pos, st.k, j, chunk, dec):

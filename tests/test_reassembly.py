@@ -17,6 +17,7 @@ from resilient_tx.data import load_rgb
 from resilient_tx.demo import sample_path
 from resilient_tx.packet import Packet
 from resilient_tx.packetizer import PacketizedImage, Packetizer
+from resilient_tx.partition import quincunx_stages
 from resilient_tx.reassembly import ImageAssembler, decode_tokens, report
 from tests.test_packetizer import make_codec
 
@@ -97,3 +98,20 @@ def test_later_stages_without_context_are_counted_unusable(setup) -> None:
     assert not bool(known.any())
     assert rep.bytes_unusable == rep.bytes_received > 0
     assert np.isclose(rep.tokens_inpainted, rep.tokens)
+
+
+def test_context_depth_keeps_later_stages_decodable(tmp_path) -> None:
+    codec = make_codec(tmp_path, TINY)
+    image = load_rgb(sample_path())[:256, :320]
+    out = Packetizer(codec, fec.get_profile("none"), max_packet=100,
+                     context_depth=2).packetize(image, 9)
+    assert all(p.flags == 2 for p in out.packets)
+    kept = [p for p in out.packets if p.stage != 3]
+    tokens, known, rep = receive(codec, kept)
+    grid = torch.from_numpy(quincunx_stages(*known.shape, 5))
+    assert bool(known[grid != 3].all()) and not bool(known[grid == 3].any())
+    assert torch.equal(tokens[:, known], out.tokens[:, known])
+    # the same loss with the full chain (depth 0) loses stages 3, 4 and 5
+    chain = Packetizer(codec, fec.get_profile("none"), max_packet=100).packetize(image, 9)
+    _, known0, _ = receive(codec, [p for p in chain.packets if p.stage != 3])
+    assert int(known0.sum()) == int((grid <= 2).sum())
