@@ -58,6 +58,7 @@ class Trial:
     loss: float
     trial: int
     fec: str
+    depth: int  # context depth (packetizer.py): 0 = full chain
     inpainter: str
     wire_bpp: float  # every packet sent, headers and parity included
     received_fraction: float
@@ -116,7 +117,7 @@ def run_point(codec: Codec, img: np.ndarray, name: str, sent: PacketizedImage,
         dt = time.perf_counter() - t0
         recon = codec.tokens_to_image(filled, w, h)
         ps, ms = _quality(img, recon)
-        key = (label["loss_model"], label["loss"], label["fec"], iname)
+        key = (label["loss_model"], label["loss"], f"{label['fec']}/d{label['depth']}", iname)
         if label["trial"] == 0 and key not in examples:
             examples[key] = recon
         out.append(Trial(image=name, inpainter=iname, wire_bpp=wire_bpp,
@@ -152,10 +153,11 @@ def oracle_at(points: list[tuple[float, float, float]], bpp: float) -> tuple[flo
 def summarise(trials: list[Trial]) -> list[dict]:
     groups: dict[tuple, list[Trial]] = defaultdict(list)
     for t in trials:
-        groups[(t.loss_model, t.loss, t.fec, t.inpainter)].append(t)
+        groups[(t.loss_model, t.loss, t.fec, t.depth, t.inpainter)].append(t)
     rows = []
-    for (lm, p, f, inp), ts in sorted(groups.items()):
-        rows.append({"loss_model": lm, "loss": p, "fec": f, "inpainter": inp, "n": len(ts),
+    for (lm, p, f, d, inp), ts in sorted(groups.items()):
+        rows.append({"loss_model": lm, "loss": p, "fec": f, "depth": d, "inpainter": inp,
+                     "n": len(ts),
                      **{k: float(np.nanmean([getattr(t, k) for t in ts]))
                         for k in ("wire_bpp", "received_fraction", "tokens_inpainted",
                                   "unusable_fraction", "psnr", "ms_ssim", "inpaint_s")},
@@ -164,13 +166,14 @@ def summarise(trials: list[Trial]) -> list[dict]:
 
 
 def print_table(rows: list[dict], oracle_pts) -> None:
-    hdr = (f"{'model':<10}{'loss':>5} {'fec':<9}{'inpaint':<9}{'wire bpp':>9}{'recv':>6}"
+    hdr = (f"{'model':<10}{'loss':>5} {'fec':<9}{'d':>2} {'inpaint':<9}{'wire bpp':>9}{'recv':>6}"
            f"{'inpainted':>10}{'unusable':>9}{'PSNR':>7}{'min':>7}{'MS-SSIM':>8}{'oracle':>8}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         o_psnr, _, inside = oracle_at(oracle_pts, (1 - r["loss"]) * r["wire_bpp"])
-        print(f"{r['loss_model']:<10}{r['loss']:>5.2f} {r['fec']:<9}{r['inpainter']:<9}"
+        print(f"{r['loss_model']:<10}{r['loss']:>5.2f} {r['fec']:<9}{r['depth']:>2} "
+              f"{r['inpainter']:<9}"
               f"{r['wire_bpp']:>9.4f}{r['received_fraction']:>6.2f}{r['tokens_inpainted']:>10.2f}"
               f"{r['unusable_fraction']:>9.2f}{r['psnr']:>7.2f}{r['psnr_min']:>7.2f}"
               f"{r['ms_ssim']:>8.4f}{o_psnr:>7.2f}{'' if inside else '*'}")
@@ -189,12 +192,14 @@ def plot(rows: list[dict], path: Path) -> None:
     for col, lm in enumerate(models):
         for row, key in enumerate(("psnr", "ms_ssim")):
             ax = axes[row][col]
-            series = sorted({(r["fec"], r["inpainter"]) for r in rows if r["loss_model"] == lm})
-            for f, inp in series:
+            series = sorted({(r["fec"], r["depth"], r["inpainter"]) for r in rows
+                             if r["loss_model"] == lm})
+            for f, d, inp in series:
                 pts = sorted((r["loss"], r[key], r["wire_bpp"]) for r in rows
-                             if (r["loss_model"], r["fec"], r["inpainter"]) == (lm, f, inp))
+                             if (r["loss_model"], r["fec"], r["depth"], r["inpainter"])
+                             == (lm, f, d, inp))
                 ax.plot([p[0] * 100 for p in pts], [p[1] for p in pts], "o-", ms=3,
-                        label=f"{f} / {inp} ({np.mean([p[2] for p in pts]):.3f} bpp)")
+                        label=f"{f} d{d} / {inp} ({np.mean([p[2] for p in pts]):.3f} bpp)")
             ax.set_title(f"{lm} loss")
             ax.set_xlabel("packet loss (%)")
             ax.set_ylabel("PSNR (dB)" if key == "psnr" else "MS-SSIM")
@@ -218,7 +223,7 @@ def plot_examples(img: np.ndarray, examples: dict, path: Path) -> None:
     axes[0].set_title("original", fontsize=8)
     for ax, key in zip(axes[1:], keys, strict=False):
         ax.imshow(examples[key])
-        ax.set_title(f"{key[0]} {key[1]:.0%} fec={key[2]} {key[3]}", fontsize=8)
+        ax.set_title(f"{key[0]} {key[1]:.0%} {key[2]} {key[3]}", fontsize=8)
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
@@ -243,7 +248,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
     p.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5],
                    help="packet loss rates (default: 0.1 .. 0.5)")
-    p.add_argument("--trials", type=int, default=3, help="seeded trials per point (default: 3)")
+    p.add_argument("--trials", type=int, default=2, help="seeded trials per point (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
     p.add_argument("--loss-model", choices=["bernoulli", "gilbert", "both"], default="both")
     p.add_argument("--burst", type=float, default=4.0,
@@ -251,6 +256,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", default=None, help="codec rate point (default: the lowest)")
     p.add_argument("--fec", nargs="+", default=["none", "light", "strong", FOR_LOSS],
                    help="FEC profiles (default: none light strong for_loss)")
+    p.add_argument("--context-depth", type=int, nargs="+", default=[0, 2],
+                   help="context depths (0 = full chain, c = later stages see stages 1..c "
+                   "only); default: 0 2")
+    p.add_argument("--max-packet", type=int, default=1200, help="packet size limit in bytes")
     p.add_argument("--inpainters", nargs="+", default=["mim", "neighbor", "none"])
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
@@ -281,17 +290,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     trials: list[Trial] = []
     examples: dict = {}
-    total = len(images) * len(configs) * len(args.fec) * args.trials
+    total = len(images) * len(configs) * len(args.fec) * len(args.context_depth) * args.trials
     bar = tqdm(total=total, desc="loss sweep", unit="run")
     for i, (name, img) in enumerate(images.items()):
         cache: dict = {}
         for lm, p, cfg in configs:
-            for f in args.fec:
-                key = (f, p if f == FOR_LOSS else None)
+            for f, d in ((f, d) for f in args.fec for d in args.context_depth):
+                key = (f, d, p if f == FOR_LOSS else None)
                 if key not in cache:
-                    cache[key] = Packetizer(codec, _profile(f, p)).packetize(img, i)
+                    cache[key] = Packetizer(codec, _profile(f, p), max_packet=args.max_packet,
+                                            context_depth=d).packetize(img, i)
                 for t in range(args.trials):
-                    label = {"loss_model": lm, "loss": p, "trial": t, "fec": f}
+                    label = {"loss_model": lm, "loss": p, "trial": t, "fec": f, "depth": d}
                     seed = args.seed * 1_000_003 + i * 10_007 + t * 101 + int(p * 1000)
                     ex = examples if i == 0 else {}
                     trials += run_point(codec, img, name, cache[key], cfg, seed, inpainters,
