@@ -12,7 +12,9 @@ when outside their range).
     python simulations/loss_sweep.py --loss-model gilbert --burst 4 --rates 0.3 0.5
 
 Writes OUT/loss_sweep.json, OUT/loss_sweep.csv, OUT/loss_sweep.png (PSNR and MS-SSIM
-against loss) and OUT/examples.png (reconstructions of the first image), and prints a table.
+against loss, ours with MIM inpainting vs JPEG and JPEG+FEC at the same bytes),
+OUT/inpainters.png (MIM vs neighbour vs none for the best FEC setting) and
+OUT/examples.png (reconstructions of the first image), and prints a table.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from resilient_tx import channel, fec, metrics  # noqa: E402
+from resilient_tx import channel, fec, jpeg_baseline, metrics  # noqa: E402
 from resilient_tx.codec import Codec  # noqa: E402
 from resilient_tx.data import list_images, load_rgb  # noqa: E402
 from resilient_tx.errors import ResilientTxError  # noqa: E402
@@ -127,6 +129,44 @@ def run_point(codec: Codec, img: np.ndarray, name: str, sent: PacketizedImage,
     return out
 
 
+@dataclass(frozen=True)
+class JpegPair:
+    """JPEG at our wire bytes without FEC, and with our parity fraction (None: n/a)."""
+
+    plain: jpeg_baseline.JpegPackets | None
+    with_fec: jpeg_baseline.JpegPackets | None
+
+
+def jpeg_for(img: np.ndarray, sent: PacketizedImage, max_packet: int) -> JpegPair:
+    """The classic baselines at the same total bytes as ``sent`` (issue 3, item 7)."""
+    parity = sum(1 for p in sent.packets if p.is_parity)
+    frac = parity / max(1, len(sent.packets) - parity)
+
+    def at(fn):
+        try:
+            return jpeg_baseline.jpeg_at_bytes(img, sent.total_bytes, fn, max_packet)
+        except ResilientTxError:
+            return None  # even quality 1 does not fit those bytes
+
+    return JpegPair(at(None), at(jpeg_baseline.flat_parity(frac)) if parity else None)
+
+
+def run_jpeg(img: np.ndarray, name: str, pair: JpegPair, cfg: channel.ChannelConfig,
+             seed: int, label: dict) -> list[Trial]:
+    out = []
+    h, w = img.shape[:2]
+    for iname, jp in (("jpeg", pair.plain), ("jpeg+fec", pair.with_fec)):
+        if jp is None:
+            continue
+        ps, ms = _quality(img, jpeg_baseline.simulate(jp, cfg, seed))
+        nan = float("nan")
+        out.append(Trial(image=name, inpainter=iname,
+                         wire_bpp=metrics.bpp(jp.total_bytes, w, h), received_fraction=nan,
+                         tokens_inpainted=nan, unusable_fraction=nan, psnr=ps, ms_ssim=ms,
+                         inpaint_s=nan, **label))
+    return out
+
+
 def oracle(codecs: dict[str, Codec], images: dict[str, np.ndarray]) -> list[tuple[float, float,
                                                                                   float]]:
     """(wire bpp, PSNR, MS-SSIM) means with no loss and no FEC, per shipped rate point."""
@@ -150,6 +190,11 @@ def oracle_at(points: list[tuple[float, float, float]], bpp: float) -> tuple[flo
             float(np.interp(bpp, xs, [p[2] for p in points])), inside)
 
 
+def _nanmean(xs: list[float]) -> float:
+    vals = [x for x in xs if not np.isnan(x)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
 def summarise(trials: list[Trial]) -> list[dict]:
     groups: dict[tuple, list[Trial]] = defaultdict(list)
     for t in trials:
@@ -158,7 +203,7 @@ def summarise(trials: list[Trial]) -> list[dict]:
     for (lm, p, f, d, inp), ts in sorted(groups.items()):
         rows.append({"loss_model": lm, "loss": p, "fec": f, "depth": d, "inpainter": inp,
                      "n": len(ts),
-                     **{k: float(np.nanmean([getattr(t, k) for t in ts]))
+                     **{k: _nanmean([getattr(t, k) for t in ts])
                         for k in ("wire_bpp", "received_fraction", "tokens_inpainted",
                                   "unusable_fraction", "psnr", "ms_ssim", "inpaint_s")},
                      "psnr_min": float(np.min([t.psnr for t in ts]))})
@@ -181,33 +226,54 @@ def print_table(rows: list[dict], oracle_pts) -> None:
           "points (* = outside them, clamped)")
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def _series(rows: list[dict], lm: str, want) -> dict[str, list[tuple[float, float, float]]]:
+    out: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    for r in rows:
+        if r["loss_model"] == lm and want(r):
+            label = f"{r['fec']} d{r['depth']} {r['inpainter']}"
+            out[label].append((r["loss"], r["psnr"], r["ms_ssim"]))
+    return out
+
+
+def plot(rows: list[dict], path: Path, want, title: str) -> None:
+    """PSNR and MS-SSIM against loss, one column per loss model, lines chosen by ``want``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     models = sorted({r["loss_model"] for r in rows})
-    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
+    fig, axes = plt.subplots(2, len(models), figsize=(6.5 * len(models), 8), squeeze=False)
     for col, lm in enumerate(models):
-        for row, key in enumerate(("psnr", "ms_ssim")):
+        for label, pts in sorted(_series(rows, lm, want).items()):
+            pts.sort()
+            style = "s--" if "jpeg" in label else "o-"
+            for row, i in ((0, 1), (1, 2)):
+                axes[row][col].plot([p[0] * 100 for p in pts], [p[i] for p in pts], style,
+                                    ms=3, label=label)
+        for row, name in ((0, "PSNR (dB)"), (1, "MS-SSIM")):
             ax = axes[row][col]
-            series = sorted({(r["fec"], r["depth"], r["inpainter"]) for r in rows
-                             if r["loss_model"] == lm})
-            for f, d, inp in series:
-                pts = sorted((r["loss"], r[key], r["wire_bpp"]) for r in rows
-                             if (r["loss_model"], r["fec"], r["depth"], r["inpainter"])
-                             == (lm, f, d, inp))
-                ax.plot([p[0] * 100 for p in pts], [p[1] for p in pts], "o-", ms=3,
-                        label=f"{f} d{d} / {inp} ({np.mean([p[2] for p in pts]):.3f} bpp)")
             ax.set_title(f"{lm} loss")
             ax.set_xlabel("packet loss (%)")
-            ax.set_ylabel("PSNR (dB)" if key == "psnr" else "MS-SSIM")
+            ax.set_ylabel(name)
             ax.grid(alpha=0.3)
         axes[0][col].legend(fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_all(rows: list[dict], out: Path) -> None:
+    plot(rows, out / "loss_sweep.png", lambda r: r["inpainter"] in ("mim", "jpeg", "jpeg+fec"),
+         "resilient-tx (MIM inpainting) vs JPEG at the same bytes")
+    first = (rows[0]["fec"], rows[0]["depth"]) if rows else None
+    best = max(((r["fec"], r["depth"]) for r in rows if r["inpainter"] == "mim"),
+               key=lambda fd: _nanmean([r["psnr"] for r in rows if (r["fec"], r["depth"]) == fd
+                                        and r["inpainter"] == "mim"]), default=first)
+    plot(rows, out / "inpainters.png",
+         lambda r: (r["fec"], r["depth"]) == best and "jpeg" not in r["inpainter"],
+         f"inpainters compared, FEC {best[0] if best else ''} depth {best[1] if best else ''}")
 
 
 def plot_examples(img: np.ndarray, examples: dict, path: Path) -> None:
@@ -261,6 +327,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    "only); default: 0 2")
     p.add_argument("--max-packet", type=int, default=1200, help="packet size limit in bytes")
     p.add_argument("--inpainters", nargs="+", default=["mim", "neighbor", "none"])
+    p.add_argument("--no-jpeg", action="store_true", help="skip the JPEG baselines")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
     p.add_argument("--out", default="out/loss_sweep", help="output folder")
@@ -298,14 +365,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             for f, d in ((f, d) for f in args.fec for d in args.context_depth):
                 key = (f, d, p if f == FOR_LOSS else None)
                 if key not in cache:
-                    cache[key] = Packetizer(codec, _profile(f, p), max_packet=args.max_packet,
-                                            context_depth=d).packetize(img, i)
+                    sent = Packetizer(codec, _profile(f, p), max_packet=args.max_packet,
+                                      context_depth=d).packetize(img, i)
+                    pair = (JpegPair(None, None) if args.no_jpeg
+                            else jpeg_for(img, sent, args.max_packet))
+                    cache[key] = (sent, pair)
+                sent, pair = cache[key]
                 for t in range(args.trials):
                     label = {"loss_model": lm, "loss": p, "trial": t, "fec": f, "depth": d}
                     seed = args.seed * 1_000_003 + i * 10_007 + t * 101 + int(p * 1000)
                     ex = examples if i == 0 else {}
-                    trials += run_point(codec, img, name, cache[key], cfg, seed, inpainters,
+                    trials += run_point(codec, img, name, sent, cfg, seed, inpainters,
                                         label, ex)
+                    trials += run_jpeg(img, name, pair, cfg, seed, label)
                     bar.update(1)
     bar.close()
     rows = summarise(trials)
@@ -319,10 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
         wr.writeheader()
         wr.writerows(rows)
-    plot(rows, out / "loss_sweep.png")
+    plot_all(rows, out)
     plot_examples(next(iter(images.values())), examples, out / "examples.png")
     print_table(rows, oracle_pts)
-    print(f"wrote {out}/loss_sweep.json, loss_sweep.csv, loss_sweep.png, examples.png")
+    print(f"wrote {out}/loss_sweep.json, loss_sweep.csv, loss_sweep.png, inpainters.png, "
+          "examples.png")
     return 0
 
 
