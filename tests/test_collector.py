@@ -1,0 +1,61 @@
+"""Collector: images are released when complete or when their deadline passes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from resilient_tx import fec
+from resilient_tx.collector import Collector
+from resilient_tx.data import load_rgb
+from resilient_tx.demo import sample_path
+from resilient_tx.packetizer import PacketizedImage, Packetizer
+from tests.test_packetizer import make_codec
+
+
+@pytest.fixture(scope="module")
+def sent(tmp_path_factory) -> PacketizedImage:
+    from resilient_tx.config import ModelConfig
+
+    cfg = ModelConfig(widths=(8, 8, 8), latent_dim=16, num_subvectors=2, codebook_size=16,
+                      latent_blocks=1, latent_heads=2, mim_dim=16, mim_depth=1, mim_heads=2)
+    codec = make_codec(Path(tmp_path_factory.mktemp("c")), cfg)
+    return Packetizer(codec, fec.get_profile("light"), max_packet=150).packetize(
+        load_rgb(sample_path())[:128, :160], 3)
+
+
+def test_complete_image_released_by_its_last_needed_packet(sent) -> None:
+    col = Collector(deadline=1.0)
+    raw = [bytes(p) for p in sent.packets if not p.is_parity]
+    due = [col.feed(b, "a", 0.0) for b in raw]
+    assert all(d is None for d in due[:-1]) and due[-1] is not None and due[-1].complete
+    assert col.feed(raw[0], "a", 0.1) is None  # late duplicate of a finished image
+    assert col.expired(10.0) == []
+
+
+def test_deadline_releases_a_partial_image(sent) -> None:
+    col = Collector(deadline=0.5)
+    for b in [bytes(p) for p in sent.packets][:2]:
+        assert col.feed(b, "a", 1.0) is None
+    assert col.next_deadline() == pytest.approx(1.5)
+    assert col.expired(1.4) == []
+    (due,) = col.expired(1.5)
+    assert not due.complete and due.assembler.packets_received == 2
+
+
+def test_garbage_is_counted_and_senders_are_kept_apart(sent) -> None:
+    col = Collector()
+    assert col.feed(b"not a packet", "x", 0.0) is None and col.rejected == 1
+    raw = bytes(sent.packets[0])
+    col.feed(raw, "a", 0.0)
+    col.feed(raw, "b", 0.0)
+    assert len(col.flush()) == 2
+
+
+def test_open_images_are_bounded(sent) -> None:
+    col = Collector(max_open=2, deadline=10.0)
+    for i, sender in enumerate("abc"):
+        col.feed(bytes(sent.packets[0]), sender, float(i))
+    evicted = col.expired(2.0)
+    assert [d.key[0] for d in evicted] == ["a"]
