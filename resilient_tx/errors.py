@@ -55,3 +55,11 @@ class FecError(BitstreamError):
     not fit its shard: a buggy or hostile sender, never an ordinary loss (losses make
     ``decode_shards`` return ``None``).
     """
+
+
+class TransportError(ResilientTxError):
+    """A packet transport failed: unreachable peer, failed handshake, refused message.
+
+    Raised by ``resilient_tx.transport`` (issue 4). Losses are never errors: datagram
+    transports drop silently and the layers above treat a missing packet as an erasure.
+    """

@@ -1,0 +1,92 @@
+"""Packet transports (issue 4): UDP, WebRTC data channels, and in-memory for tests.
+
+All of them implement the narrow interface of :mod:`.base`::
+
+    async with open_receiver("udp", "0.0.0.0:5004") as receiver:
+        async for packet, peer in receiver:
+            ...
+
+    async with open_sender("udp", "host:5004", pace_mbit=20) as sender:
+        stats = await sender.send(packets)
+
+``open_sender`` / ``open_receiver`` build an endpoint without opening it; it opens on
+``async with``, on ``await``, or on first use. Keyword options are the fields of the
+kind's config (:class:`TransportConfig`, :class:`UdpConfig`, ``WebRTCConfig``); the
+memory sender also takes ``loss=`` (:class:`LossPattern`) and ``peer=``. The WebRTC
+module (and aiortc) is imported only when first needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from ..errors import InputError
+from .base import (
+    DEFAULT_PORT,
+    Address,
+    Pacer,
+    PacketReceiver,
+    PacketSender,
+    QueuedReceiver,
+    ReceiveStats,
+    SendStats,
+    TransportConfig,
+    parse_hostport,
+)
+from .memory import LossPattern, MemoryReceiver, MemorySender, memory_pair
+from .udp import UdpConfig, UdpReceiver, UdpSender
+
+KINDS = ("udp", "webrtc", "memory")
+_LAZY_WEBRTC = ("WebRTCConfig", "WebRTCReceiver", "WebRTCSender")
+
+__all__ = [
+    "DEFAULT_PORT", "KINDS", "Address", "LossPattern", "MemoryReceiver", "MemorySender",
+    "PacketReceiver", "PacketSender", "Pacer", "QueuedReceiver", "ReceiveStats",
+    "SendStats", "TransportConfig", "UdpConfig", "UdpReceiver", "UdpSender",
+    "WebRTCConfig", "WebRTCReceiver", "WebRTCSender", "memory_pair", "open_receiver",
+    "open_sender", "parse_hostport",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_WEBRTC:
+        from . import webrtc
+        return getattr(webrtc, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def open_sender(kind: str, target: Any, **opts: Any) -> PacketSender:
+    """A sender of ``kind`` to ``target`` (``HOST[:PORT]``, a pair, or for ``memory`` a
+    receiver or its name); ``await`` it or use ``async with`` to open it."""
+    if kind == "udp":
+        return UdpSender(target, _config(UdpConfig, kind, opts))
+    if kind == "webrtc":
+        from .webrtc import WebRTCConfig, WebRTCSender
+        return WebRTCSender(target, _config(WebRTCConfig, kind, opts))
+    if kind == "memory":
+        loss, peer = opts.pop("loss", None), opts.pop("peer", None)
+        return MemorySender(target, _config(TransportConfig, kind, opts), loss=loss, peer=peer)
+    raise InputError(f"unknown transport {kind!r}; available: {', '.join(KINDS)}")
+
+
+def open_receiver(kind: str, listen: Any, **opts: Any) -> PacketReceiver:
+    """A receiver of ``kind`` on ``listen`` (``HOST[:PORT]``, a pair, or for ``memory`` a
+    name or None); ``await`` it or use ``async with`` to open it."""
+    if kind == "udp":
+        return UdpReceiver(listen, _config(UdpConfig, kind, opts))
+    if kind == "webrtc":
+        from .webrtc import WebRTCConfig, WebRTCReceiver
+        return WebRTCReceiver(listen, _config(WebRTCConfig, kind, opts))
+    if kind == "memory":
+        return MemoryReceiver(listen, _config(TransportConfig, kind, opts))
+    raise InputError(f"unknown transport {kind!r}; available: {', '.join(KINDS)}")
+
+
+def _config(cls: type[TransportConfig], kind: str, opts: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise InputError(f"unknown option(s) {', '.join(unknown)} for the {kind} transport; "
+                         f"known: {', '.join(sorted(known))}")
+    return cls(**opts)

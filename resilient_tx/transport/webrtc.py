@@ -1,0 +1,337 @@
+"""WebRTC data-channel transport (aiortc): UDP-like delivery with DTLS and ICE.
+
+Data channel. Each sender opens one :class:`~aiortc.RTCPeerConnection` with one data
+channel created as ``ordered=False, maxRetransmits=0``: SCTP never retransmits or
+reorders, so delivery is unreliable and unordered like UDP, and each packet is one
+binary message of at most ``max_packet`` (<= 1200) bytes; a larger one is refused with
+:class:`~resilient_tx.errors.TransportError` rather than fragmented (losing any fragment
+would lose the whole message). Only host ICE candidates are used (no STUN/TURN servers).
+
+Signalling (our own small exchange, so one receiver serves several senders, one peer
+connection each). The receiver listens on TCP at its ``HOST:PORT``. A sender connects
+and the two exchange one line each of UTF-8 JSON, newline-terminated::
+
+    sender   -> {"rtx": 1, "type": "offer",  "sdp": "<SDP offer with all candidates>"}
+    receiver -> {"rtx": 1, "type": "answer", "sdp": "<SDP answer with all candidates>"}
+
+ICE gathering completes before each description is sent, so no trickle messages
+follow. The TCP connection then stays open as the session's lifeline: when the sender
+closes it (or the peer connection fails), the receiver closes that peer connection.
+A malformed line, a line over :data:`MAX_SIGNAL_LINE` bytes, or a handshake slower than
+``connect_timeout`` ends that one session only; the receiver keeps serving.
+
+Flow control. The sender sets ``bufferedAmountLowThreshold = low_water`` and, before
+each message, pauses while ``bufferedAmount > high_water`` until the channel's
+``bufferedamountlow`` event fires. ``close()`` waits (up to ``drain_timeout``) for the
+channel buffer and the SCTP send queue to empty before tearing the connection down, so
+a sender that sends and closes at once does not lose its tail.
+
+aiortc quirk: aiortc splits a message into several SCTP DATA chunks above
+:data:`SCTP_CHUNK_PAYLOAD` bytes (1160 in aiortc 1.16, whose SCTP packets are capped at
+1189 bytes), so 1161..1200-byte messages travel as two chunks. Pass
+``max_packet=SCTP_CHUNK_PAYLOAD`` (and packetize to that size) to rule it out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+
+from ..errors import InputError, TransportError
+from ..packet import DEFAULT_MAX_PACKET
+from .base import (
+    Address,
+    PacketSender,
+    QueuedReceiver,
+    TransportConfig,
+    as_address,
+    check_positive_int,
+    check_positive_seconds,
+    format_peer,
+)
+
+try:  # the largest message aiortc sends as a single SCTP DATA chunk
+    from aiortc.rtcsctptransport import USERDATA_MAX_LENGTH as SCTP_CHUNK_PAYLOAD
+except ImportError:  # pragma: no cover - older or newer aiortc layout
+    SCTP_CHUNK_PAYLOAD = DEFAULT_MAX_PACKET
+
+logger = logging.getLogger(__name__)
+
+SIGNAL_VERSION = 1
+MAX_SIGNAL_LINE = 64 * 1024
+CHANNEL_LABEL = "resilient-tx"
+_DRAIN_POLL_S = 0.01
+
+
+@dataclass(frozen=True)
+class WebRTCConfig(TransportConfig):
+    """:class:`~.base.TransportConfig` plus WebRTC timing and flow-control knobs.
+
+    ``connect_timeout``: seconds for signalling, ICE, DTLS and the channel to open.
+    ``high_water`` / ``low_water``: bytes in ``bufferedAmount`` at which a sender pauses
+    / resumes. ``drain_timeout``: seconds a sender waits for a full buffer to drain
+    (then :class:`TransportError`) and, on close, for queued messages to leave.
+    """
+
+    connect_timeout: float = 15.0
+    high_water: int = 256 * 1024
+    low_water: int = 64 * 1024
+    drain_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_packet > DEFAULT_MAX_PACKET:
+            raise InputError(f"max_packet for WebRTC must be <= {DEFAULT_MAX_PACKET} bytes "
+                             f"(one unfragmented message), got {self.max_packet}")
+        check_positive_seconds("connect_timeout", self.connect_timeout)
+        check_positive_seconds("drain_timeout", self.drain_timeout)
+        check_positive_int("high_water", self.high_water)
+        check_positive_int("low_water", self.low_water)
+        if self.low_water >= self.high_water:
+            raise InputError(f"low_water ({self.low_water}) must be below high_water "
+                             f"({self.high_water})")
+
+
+DEFAULT_WEBRTC_CONFIG = WebRTCConfig()
+
+
+def _peer_connection() -> RTCPeerConnection:
+    """A peer connection with host candidates only (no STUN: we may be offline)."""
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+async def write_signal(writer: asyncio.StreamWriter, kind: str, sdp: str) -> None:
+    """Send one signalling line ``{"rtx": 1, "type": kind, "sdp": sdp}``."""
+    message = {"rtx": SIGNAL_VERSION, "type": kind, "sdp": sdp}
+    writer.write(json.dumps(message).encode() + b"\n")
+    await writer.drain()
+
+
+async def read_signal(reader: asyncio.StreamReader, kind: str) -> str:
+    """Read one signalling line of type ``kind`` and return its SDP."""
+    try:
+        line = await reader.readline()
+    except ValueError as exc:  # asyncio.LimitOverrunError: line over MAX_SIGNAL_LINE
+        raise TransportError(f"signalling line longer than {MAX_SIGNAL_LINE} bytes") \
+            from exc
+    if not line.endswith(b"\n"):
+        raise TransportError(f"signalling connection closed before the {kind}")
+    try:
+        message = json.loads(line)
+    except ValueError as exc:
+        raise TransportError(f"signalling {kind} is not JSON: {exc}") from exc
+    if (not isinstance(message, dict) or message.get("rtx") != SIGNAL_VERSION
+            or message.get("type") != kind or not isinstance(message.get("sdp"), str)):
+        raise TransportError(f"expected a version-{SIGNAL_VERSION} signalling {kind}, "
+                             f"got {line[:80]!r}")
+    return message["sdp"]
+
+
+async def _close_writer(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
+def _sctp_busy(pc: RTCPeerConnection) -> bool:
+    """True while SCTP still holds unacknowledged chunks.
+
+    aiortc exposes no public "flushed" signal; its send queue is private, so read it
+    defensively (absent attribute: assume flushed).
+    """
+    return bool(getattr(pc.sctp, "_outbound_queue", None))
+
+
+class WebRTCSender(PacketSender):
+    """Connects to a :class:`WebRTCReceiver` at ``target`` and sends over a data channel."""
+
+    def __init__(self, target: str | Address, config: WebRTCConfig = DEFAULT_WEBRTC_CONFIG) -> None:
+        super().__init__(config)
+        self.target = as_address(target)
+        self._rtc = config
+        self._pc: RTCPeerConnection | None = None
+        self._channel: RTCDataChannel | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._writable = asyncio.Event()
+
+    async def _open(self) -> None:
+        where = format_peer(self.target)
+        try:
+            await asyncio.wait_for(self._connect(), self._rtc.connect_timeout)
+        except asyncio.TimeoutError:
+            await self._teardown()
+            raise TransportError(f"WebRTC connection to {where} did not open within "
+                                 f"{self._rtc.connect_timeout} s") from None
+        except (OSError, TransportError) as exc:
+            await self._teardown()
+            raise TransportError(f"WebRTC connection to {where} failed: {exc}") from exc
+
+    async def _connect(self) -> None:
+        reader, self._writer = await asyncio.open_connection(*self.target,
+                                                             limit=MAX_SIGNAL_LINE)
+        self._pc = pc = _peer_connection()
+        settled = asyncio.Event()
+        self._channel = self._make_channel(pc, settled)
+        pc.on("connectionstatechange",
+              lambda: settled.set() if pc.connectionState in ("failed", "closed") else None)
+        await pc.setLocalDescription(await pc.createOffer())
+        await write_signal(self._writer, "offer", pc.localDescription.sdp)
+        answer = await read_signal(reader, "answer")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await settled.wait()
+        if self._channel.readyState != "open":
+            raise TransportError(f"peer connection {pc.connectionState}")
+
+    def _make_channel(self, pc: RTCPeerConnection, opened: asyncio.Event) -> RTCDataChannel:
+        channel = pc.createDataChannel(CHANNEL_LABEL, ordered=False, maxRetransmits=0)
+        channel.bufferedAmountLowThreshold = self._rtc.low_water
+        channel.on("open", opened.set)
+        channel.on("bufferedamountlow", self._writable.set)
+        channel.on("close", self._writable.set)  # wake a paused send to see the close
+        return channel
+
+    async def _send_one(self, packet: bytes) -> None:
+        channel = self._channel
+        assert channel is not None  # opened by send()
+        if channel.bufferedAmount > self._rtc.high_water:
+            await self._wait_writable()
+        if channel.readyState != "open":
+            raise TransportError(f"WebRTC data channel to {format_peer(self.target)} "
+                                 f"is {channel.readyState}")
+        channel.send(packet)
+
+    async def _wait_writable(self) -> None:
+        self._writable.clear()
+        try:
+            await asyncio.wait_for(self._writable.wait(), self._rtc.drain_timeout)
+        except asyncio.TimeoutError:
+            raise TransportError(f"WebRTC data channel to {format_peer(self.target)} "
+                                 f"stalled for {self._rtc.drain_timeout} s") from None
+
+    async def _close(self) -> None:
+        await self._drain()
+        await self._teardown()
+
+    async def _drain(self) -> None:
+        """Wait until queued messages left (bounded by ``drain_timeout``)."""
+        channel, pc = self._channel, self._pc
+        if channel is None or pc is None:
+            return
+        deadline = time.monotonic() + self._rtc.drain_timeout
+        while channel.readyState == "open" and (channel.bufferedAmount or _sctp_busy(pc)):
+            if time.monotonic() > deadline:
+                logger.warning("closing WebRTC sender with %d bytes still buffered",
+                               channel.bufferedAmount)
+                return
+            await asyncio.sleep(_DRAIN_POLL_S)
+
+    async def _teardown(self) -> None:
+        if self._pc is not None:
+            await self._pc.close()
+        if self._writer is not None:
+            await _close_writer(self._writer)
+
+
+class WebRTCReceiver(QueuedReceiver):
+    """Listens for senders on TCP ``listen`` (port 0: any free one, see :attr:`address`)."""
+
+    def __init__(self, listen: str | Address, config: WebRTCConfig = DEFAULT_WEBRTC_CONFIG) -> None:
+        super().__init__(config)
+        self.listen = as_address(listen, allow_port_zero=True)
+        self._rtc = config
+        self._server: asyncio.Server | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
+
+    @property
+    def address(self) -> Address:
+        """The bound signalling ``(host, port)``; only valid once open."""
+        if self._server is None or not self._server.sockets:
+            raise TransportError("WebRTCReceiver is not open")
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return host, port
+
+    @property
+    def peers(self) -> int:
+        """Senders currently connected (signalling sessions in progress or open)."""
+        return len(self._sessions)
+
+    async def _open(self) -> None:
+        try:
+            self._server = await asyncio.start_server(
+                self._accept, *self.listen, limit=MAX_SIGNAL_LINE)
+        except OSError as exc:
+            raise TransportError(f"cannot listen on TCP {format_peer(self.listen)}: {exc}") \
+                from exc
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._sessions):
+            task.cancel()
+        await asyncio.gather(*self._sessions, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        """One sender's session: handshake, then hold the peer connection until it ends."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        peer = format_peer(writer.get_extra_info("peername"))
+        pc = _peer_connection()
+        try:
+            await self._serve(reader, writer, pc, peer)
+        except Exception as exc:  # noqa: BLE001 - a bad peer must never stop the receiver
+            logger.warning("WebRTC session with %s ended: %s", peer, exc)
+        finally:
+            await pc.close()
+            await _close_writer(writer)
+            self._sessions.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     pc: RTCPeerConnection, peer: str) -> None:
+        offer = await asyncio.wait_for(read_signal(reader, "offer"),
+                                       self._rtc.connect_timeout)
+        ended = asyncio.Event()
+        pc.on("datachannel", lambda channel: self._attach(channel, peer))
+        pc.on("connectionstatechange",
+              lambda: ended.set() if pc.connectionState in ("failed", "closed") else None)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await write_signal(writer, "answer", pc.localDescription.sdp)
+        await _until_over(reader, ended)
+
+    def _attach(self, channel: RTCDataChannel, peer: str) -> None:
+        if channel.ordered or channel.maxRetransmits != 0:
+            logger.info("peer %s opened a reliable or ordered channel %r; accepting it",
+                        peer, channel.label)
+        channel.on("message", lambda message: self.deliver(message, peer))
+
+
+async def _until_over(reader: asyncio.StreamReader, ended: asyncio.Event) -> None:
+    """Return when the signalling connection reaches EOF or the peer connection ends."""
+    eof = asyncio.ensure_future(_read_to_eof(reader))
+    gone = asyncio.ensure_future(ended.wait())
+    try:
+        await asyncio.wait({eof, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        eof.cancel()
+        gone.cancel()
+
+
+async def _read_to_eof(reader: asyncio.StreamReader) -> None:
+    with contextlib.suppress(OSError):
+        while await reader.read(4096):
+            pass  # nothing is expected after the offer; ignore it

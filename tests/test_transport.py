@@ -1,0 +1,410 @@
+"""Packet transports (issue 4, items 3-5): memory, UDP and WebRTC over loopback.
+
+Each test drives its own event loop with ``asyncio.run`` under an overall timeout, so a
+broken transport fails instead of hanging. Real-socket tests are marked ``network``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import socket
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import pytest
+
+from resilient_tx.channel import ChannelConfig, transmit
+from resilient_tx.errors import InputError, ResilientTxError, TransportError
+from resilient_tx.packet import DEFAULT_MAX_PACKET
+from resilient_tx.transport import (
+    LossPattern,
+    MemoryReceiver,
+    MemorySender,
+    PacketReceiver,
+    TransportConfig,
+    UdpConfig,
+    memory_pair,
+    open_receiver,
+    open_sender,
+    parse_hostport,
+)
+
+T = TypeVar("T")
+LOOPBACK = "127.0.0.1:0"
+
+
+def run(coro: Awaitable[T], timeout: float = 20.0) -> T:
+    """Run one test coroutine in a fresh loop, failing (not hanging) after ``timeout``."""
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(bounded())
+
+
+def random_packets(count: int, seed: int = 0, low: int = 1,
+                   high: int = DEFAULT_MAX_PACKET) -> list[bytes]:
+    rng = random.Random(seed)
+    return [rng.randbytes(rng.randint(low, high)) for _ in range(count)]
+
+
+async def collect(receiver: PacketReceiver, count: int,
+                  timeout: float = 5.0) -> list[tuple[bytes, str]]:
+    """Exactly ``count`` datagrams, or TimeoutError if they do not all arrive."""
+    return [await asyncio.wait_for(receiver.recv(), timeout) for _ in range(count)]
+
+
+async def settle(receiver: PacketReceiver, quiet: float = 0.2) -> list[tuple[bytes, str]]:
+    """Everything that arrives until the receiver has been silent for ``quiet`` s."""
+    got = []
+    while True:
+        try:
+            got.append(await asyncio.wait_for(receiver.recv(), quiet))
+        except asyncio.TimeoutError:
+            return got
+
+
+def payloads(items: Sequence[tuple[bytes, str]]) -> Counter[bytes]:
+    return Counter(data for data, _ in items)
+
+
+# --- parse_hostport ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("example.org", ("example.org", 5004)),
+    ("example.org:6000", ("example.org", 6000)),
+    ("10.0.0.1:1", ("10.0.0.1", 1)),
+    (" 127.0.0.1:65535 ", ("127.0.0.1", 65535)),
+    ("[::1]:7000", ("::1", 7000)),
+    ("[::1]", ("::1", 5004)),
+    ("fe80::1", ("fe80::1", 5004)),
+])
+def test_parse_hostport_accepts(text: str, expected: tuple[str, int]) -> None:
+    assert parse_hostport(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "", "   ", ":5004", "host:", "host:http", "host:-1", "host:65536", "host:0",
+    "[::1", "[::1]x", "[not-v6]:80", "1:2:3", "[]:80",
+])
+def test_parse_hostport_rejects(text: str) -> None:
+    with pytest.raises(InputError, match="HOST|port|IPV6|host"):
+        parse_hostport(text)
+
+
+def test_parse_hostport_default_and_zero_port() -> None:
+    assert parse_hostport("h", default_port=9) == ("h", 9)
+    assert parse_hostport("0.0.0.0:0", allow_port_zero=True) == ("0.0.0.0", 0)
+    with pytest.raises(InputError):
+        parse_hostport(None)  # type: ignore[arg-type]
+
+
+# --- configs and factory -------------------------------------------------------------
+
+@pytest.mark.parametrize("pace", [0, -1.0, math.nan, math.inf, True, "8"])
+def test_bad_pace_is_input_error(pace: object) -> None:
+    with pytest.raises(InputError, match="pace_mbit"):
+        TransportConfig(pace_mbit=pace)  # type: ignore[arg-type]
+
+
+def test_webrtc_config_limits() -> None:
+    from resilient_tx.transport import WebRTCConfig
+    with pytest.raises(InputError, match="1200"):
+        WebRTCConfig(max_packet=1500)
+    with pytest.raises(InputError, match="low_water"):
+        WebRTCConfig(high_water=1000, low_water=1000)
+
+
+def test_factory_rejects_unknown_kind_and_option() -> None:
+    with pytest.raises(InputError, match="unknown transport"):
+        open_sender("carrier-pigeon", "h:1")
+    with pytest.raises(InputError, match="unknown transport"):
+        open_receiver("tcp", "h:1")
+    with pytest.raises(InputError, match="bogus"):
+        open_sender("udp", "h:1", bogus=1)
+    with pytest.raises(InputError):
+        open_sender("udp", "h:99999")
+    assert issubclass(TransportError, ResilientTxError)
+
+
+def test_constructing_opens_nothing() -> None:
+    # No loop is running here: building endpoints must not touch sockets or the loop.
+    open_sender("udp", "127.0.0.1:9")
+    open_receiver("udp", LOOPBACK)
+    open_sender("webrtc", "127.0.0.1:9")
+
+
+# --- memory transport -----------------------------------------------------------------
+
+def test_memory_seeded_channel_delivers_exactly_the_simulated_subset() -> None:
+    packets = random_packets(300, seed=1)
+    channel = ChannelConfig(loss_model="gilbert", loss_rate=0.3, burst_length=3.0,
+                            duplicate_rate=0.05, reorder_rate=0.1)
+    expected, stats = transmit(packets, channel, seed=7)
+    assert 0 < stats.lost < len(packets)
+
+    async def main() -> list[tuple[bytes, str]]:
+        sender, receiver = memory_pair(LossPattern(channel=channel, seed=7))
+        async with receiver, sender:
+            sent = await sender.send(packets)
+            assert (sent.packets, sent.bytes) == (300, sum(map(len, packets)))
+            return await collect(receiver, len(expected))
+
+    got = run(main())
+    assert [data for data, _ in got] == expected
+
+
+def test_memory_drop_indices_count_across_send_calls() -> None:
+    packets = random_packets(10, seed=2)
+
+    async def main() -> list[bytes]:
+        sender, receiver = memory_pair(LossPattern(drop={0, 4, 7}))
+        async with receiver, sender:
+            await sender.send(packets[:5])
+            await sender.send(packets[5:])
+            await receiver.close()
+            return [data async for data, _ in receiver]
+
+    assert run(main()) == [p for i, p in enumerate(packets) if i not in {0, 4, 7}]
+
+
+def test_memory_named_receiver_takes_several_senders() -> None:
+    async def main() -> list[tuple[bytes, str]]:
+        async with open_receiver("memory", "rx-1") as receiver:
+            with pytest.raises(TransportError, match="in use"):
+                await MemoryReceiver("rx-1")
+            async with open_sender("memory", "rx-1", peer="a") as a, \
+                    open_sender("memory", "rx-1", peer="b", pace_mbit=50) as b:
+                await asyncio.gather(a.send([b"a1", b"a2"]), b.send([b"b1"]))
+            got = await collect(receiver, 3)
+        with pytest.raises(TransportError, match="no memory receiver"):
+            await open_sender("memory", "rx-1")  # unregistered on close
+        return got
+
+    got = run(main())
+    assert sorted(got) == [(b"a1", "a"), (b"a2", "a"), (b"b1", "b")]
+
+
+def test_refused_packets_send_nothing() -> None:
+    async def main() -> None:
+        sender, receiver = memory_pair()
+        async with receiver, sender:
+            for bad in ([b"ok", b"x" * 1201], [b"ok", b""], [b"ok", "text"], b"raw"):
+                with pytest.raises(TransportError):
+                    await sender.send(bad)  # type: ignore[arg-type]
+            await sender.send([b"x" * 1200])
+            assert (await receiver.recv())[0] == b"x" * 1200
+            assert receiver.stats.packets == 1
+        with pytest.raises(TransportError, match="closed"):
+            await sender.send([b"late"])
+        with pytest.raises(TransportError, match="closed"):
+            await receiver.recv()
+
+    run(main())
+
+
+def test_receiver_close_wakes_waiters_and_bounds_queue() -> None:
+    async def main() -> None:
+        config = TransportConfig(max_queue=3)
+        receiver = await MemoryReceiver(config=config)
+        sender = await MemorySender(receiver)
+        await sender.send([b"1", b"2", b"3", b"4"])
+        assert receiver.stats.overflowed == 1
+        assert receiver.deliver(b"", "x") is False and receiver.stats.rejected == 1
+        assert [d async for d, _ in _take(receiver, 3)] == [b"1", b"2", b"3"]
+        waiter = asyncio.ensure_future(receiver.recv())
+        await asyncio.sleep(0)
+        await receiver.close()
+        with pytest.raises(TransportError, match="closed"):
+            await waiter
+
+    run(main())
+
+
+async def _take(receiver: PacketReceiver, n: int) -> AsyncIterator[tuple[bytes, str]]:
+    for _ in range(n):
+        yield await receiver.recv()
+
+
+def test_pacing_lower_bound_memory() -> None:
+    packets = [bytes(1000)] * 100  # 800 kbit at 8 Mbit/s: >= 0.1 s minus one burst
+
+    async def main() -> float:
+        sender, receiver = memory_pair(config=TransportConfig(pace_mbit=8.0))
+        async with receiver, sender:
+            return (await sender.send(packets)).seconds
+
+    assert run(main()) >= 0.08
+
+
+# --- UDP over loopback ----------------------------------------------------------------
+
+@pytest.mark.network
+def test_udp_loopback_delivers_all_packets() -> None:
+    packets = random_packets(200, seed=3)
+
+    async def main() -> list[tuple[bytes, str]]:
+        async with open_receiver("udp", LOOPBACK) as receiver:
+            async with open_sender("udp", receiver.address) as sender:
+                stats = await sender.send(packets)
+                assert stats.packets == 200
+                return await collect(receiver, 200)
+
+    got = run(main())
+    assert payloads(got) == Counter(packets)
+    assert len({peer for _, peer in got}) == 1
+
+
+@pytest.mark.network
+def test_udp_two_senders_at_once() -> None:
+    first, second = random_packets(100, seed=4), random_packets(100, seed=5)
+
+    async def main() -> list[tuple[bytes, str]]:
+        async with open_receiver("udp", LOOPBACK) as receiver:
+            async with open_sender("udp", receiver.address) as a, \
+                    open_sender("udp", receiver.address, pace_mbit=100) as b:
+                await asyncio.gather(a.send(first), b.send(second))
+                return await collect(receiver, 200)
+
+    got = run(main())
+    assert payloads(got) == Counter(first + second)
+    by_peer = {peer: Counter() for _, peer in got}
+    for data, peer in got:
+        by_peer[peer][data] += 1
+    assert sorted(by_peer.values(), key=len) == sorted([Counter(first), Counter(second)],
+                                                       key=len)
+
+
+@pytest.mark.network
+def test_udp_receiver_survives_garbage() -> None:
+    async def main() -> None:
+        async with open_receiver("udp", LOOPBACK) as receiver:
+            raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                for junk in (b"", b"\xff" * 1201, b"\x00" * 60000, b"not-a-packet"):
+                    raw.sendto(junk, receiver.address)
+            finally:
+                raw.close()
+            assert (await collect(receiver, 1))[0][0] == b"not-a-packet"
+            async with open_sender("udp", receiver.address) as sender:
+                await sender.send([b"still alive"])
+                assert (await collect(receiver, 1))[0][0] == b"still alive"
+            assert receiver.stats.rejected == 3
+
+    run(main())
+
+
+@pytest.mark.network
+def test_udp_pacing_takes_at_least_the_expected_time() -> None:
+    packets = [bytes(1000)] * 250  # 2 Mbit at 8 Mbit/s = 0.25 s
+
+    async def main() -> tuple[float, int]:
+        async with open_receiver("udp", LOOPBACK) as receiver:
+            async with open_sender("udp", receiver.address, pace_mbit=8.0) as sender:
+                start = time.monotonic()
+                await sender.send(packets)
+                elapsed = time.monotonic() - start
+            return elapsed, len(await settle(receiver))
+
+    elapsed, arrived = run(main())
+    assert elapsed >= 0.2  # lower bound only; loaded CI machines are slow, never fast
+    assert arrived == len(packets)
+
+
+@pytest.mark.network
+def test_udp_send_to_nobody_is_not_an_error() -> None:
+    async def main() -> None:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()  # nothing listens there now
+        async with open_sender("udp", f"127.0.0.1:{port}", socket_buffer=65536) as sender:
+            for _ in range(3):
+                await sender.send([b"into the void"])
+                await asyncio.sleep(0.01)
+            assert sender.errors >= 1  # ICMP port unreachable, counted, not raised
+
+    run(main())
+    with pytest.raises(InputError):
+        UdpConfig(socket_buffer=0)
+    with pytest.raises(InputError, match="pair"):
+        open_sender("udp", ("127.0.0.1", "80"))
+
+
+# --- WebRTC over loopback -------------------------------------------------------------
+
+@pytest.mark.network
+def test_webrtc_round_trip_and_size_limit() -> None:
+    packets = random_packets(50, seed=6)
+
+    async def main() -> list[tuple[bytes, str]]:
+        async with open_receiver("webrtc", LOOPBACK) as receiver:
+            async with open_sender("webrtc", receiver.address) as sender:
+                with pytest.raises(TransportError, match="1201 bytes"):
+                    await sender.send([b"x" * (DEFAULT_MAX_PACKET + 1)])
+                await sender.send(packets)
+            return await collect(receiver, 50)
+
+    got = run(main())
+    assert payloads(got) == Counter(packets)
+
+
+@pytest.mark.network
+def test_webrtc_two_senders_and_bad_signalling() -> None:
+    first, second = random_packets(40, seed=7), random_packets(40, seed=8)
+
+    async def main() -> list[tuple[bytes, str]]:
+        async with open_receiver("webrtc", LOOPBACK, connect_timeout=5.0) as receiver:
+            reader, writer = await asyncio.open_connection(*receiver.address)
+            writer.write(b"this is not json\n")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # session dropped
+            writer.close()
+            async with open_sender("webrtc", receiver.address) as a, \
+                    open_sender("webrtc", receiver.address, pace_mbit=20) as b:
+                await asyncio.gather(a.send(first), b.send(second))
+            return await collect(receiver, 80)
+
+    got = run(main(), timeout=30)
+    assert payloads(got) == Counter(first + second)
+    assert len({peer for _, peer in got}) == 2
+
+
+@pytest.mark.network
+def test_webrtc_unreachable_receiver_is_transport_error() -> None:
+    async def main() -> None:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        with pytest.raises(TransportError, match="failed"):
+            await open_sender("webrtc", f"127.0.0.1:{port}", connect_timeout=5.0)
+
+    run(main())
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.network
+def test_webrtc_sessions_end_with_either_side() -> None:
+    async def main() -> None:
+        receiver = await open_receiver("webrtc", LOOPBACK)
+        async with receiver:
+            async with open_sender("webrtc", receiver.address) as sender:
+                await _until(lambda: receiver.peers == 1)
+            await _until(lambda: receiver.peers == 0)  # a vanished sender is let go
+            sender = await open_sender("webrtc", receiver.address, drain_timeout=1.0)
+        assert receiver.peers == 0
+        await _until(lambda: sender._channel.readyState != "open")  # type: ignore[union-attr]
+        with pytest.raises(TransportError, match="closed"):
+            await sender.send([b"nobody is listening"])
+        await sender.close()
+
+    run(main())
