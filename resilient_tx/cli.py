@@ -188,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where to write PNGs (default: %(default)s)")
     _add_runtime_flags(demo)
     demo.set_defaults(func=_cmd_demo)
+
+    from .netcmd import add_parsers
+
+    add_parsers(sub)
     return p
 
 

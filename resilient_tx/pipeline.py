@@ -79,6 +79,14 @@ class Receiver:
                                       get_inpainter(self.inpainter_name, model, self.device))
         return self._codecs[model_id]
 
+    def warm_up(self) -> None:
+        """Load every shipped model, its inpainter and the entropy coder now, so the first
+        image's latency is not paying for start-up."""
+        for rate in available_rates():
+            codec, _ = self._for_model(get_model(rate).model_id)
+            codec.decode_tokens(codec.encode_tokens(torch.zeros(codec.cfg.num_subvectors, 1, 1,
+                                                                dtype=torch.int64)), 1, 1)
+
     def finish(self, due: DueImage) -> Received:
         t0 = time.perf_counter()
         asm = due.assembler
