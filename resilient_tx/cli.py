@@ -179,13 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the shipped rate points")
     m.set_defaults(func=_cmd_models)
 
-    demo = sub.add_parser("demo", help="encode and decode a bundled sample; print bpp, PSNR, time",
+    demo = sub.add_parser("demo", help="codec round trip, then a lossy loopback transmission",
                           description="Round-trip an image (default: the bundled Kodak sample) "
-                          "through every shipped rate point and report rate, quality and speed.")
+                          "through every shipped rate point and report rate, quality and speed; "
+                          "then send it to a receiver in the same process over loopback UDP "
+                          "with simulated packet loss and write original | received side by "
+                          "side, plus the receiver's report.")
     demo.add_argument("--image", help="image to use instead of the bundled sample")
     demo.add_argument("--rate", action="append", help="rate point(s) to run (default: all)")
     demo.add_argument("--out", default="out/demo",
                       help="where to write PNGs (default: %(default)s)")
+    demo.add_argument("--loss", type=float, default=0.3,
+                      help="simulated packet loss for the transmission (default: %(default)s)")
+    demo.add_argument("--fec", default="light", help="FEC profile (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=1, help="loss pattern seed (default: 1)")
     _add_runtime_flags(demo)
     demo.set_defaults(func=_cmd_demo)
 

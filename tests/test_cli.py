@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -153,3 +154,8 @@ def test_demo_runs_on_bundled_sample(tmp_path, capsys) -> None:
     recon = load_rgb(tmp_path / "low.png")
     assert recon.shape == load_rgb(sample_path()).shape
     assert np.isfinite(psnr(load_rgb(tmp_path / "original.png"), recon))
+    # the loopback transmission half: 30 % simulated loss, side-by-side image and report
+    side = load_rgb(tmp_path / "transmitted_side_by_side.png")
+    assert side.shape[1] == 2 * recon.shape[1]
+    report = json.loads((tmp_path / "transmission_report.json").read_text())
+    assert report["packets_dropped"] > 0 and report["psnr"] > 20.0
