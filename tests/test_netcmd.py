@@ -69,3 +69,15 @@ def test_send_errors_are_one_line(tmp_path: Path, capsys) -> None:
 def test_recv_rejects_bad_deadline(capsys) -> None:
     assert main(["recv", "--deadline", "0"]) == 2
     assert "--deadline" in capsys.readouterr().err
+
+
+def test_example_config_documents_every_option() -> None:
+    import yaml
+
+    from resilient_tx.netcmd import RECV_DEFAULTS, SEND_DEFAULTS
+
+    path = Path(__file__).resolve().parents[1] / "resilient_tx/configs/transport.example.yaml"
+    data = yaml.safe_load(path.read_text())
+    assert set(data["send"]) == set(SEND_DEFAULTS)
+    assert set(data["recv"]) == set(RECV_DEFAULTS)
+    assert {k: v for k, v in data["recv"].items()} == RECV_DEFAULTS
