@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from resilient_tx.cli import main
 from resilient_tx.data import load_rgb
 from resilient_tx.demo import sample_path
 from resilient_tx.metrics import psnr
+from resilient_tx.transport import open_sender
 
 # Measured 2026-11-26: light FEC, depth 2, 30 % Bernoulli loss, seed 1, low rate -> 25.5 dB
 # in loss_sweep; the floor leaves room for the seeded pattern's variation.
@@ -81,3 +85,56 @@ def test_example_config_documents_every_option() -> None:
     assert set(data["send"]) == set(SEND_DEFAULTS)
     assert set(data["recv"]) == set(RECV_DEFAULTS)
     assert {k: v for k, v in data["recv"].items()} == RECV_DEFAULTS
+
+
+def _packets(image_id: int) -> list[bytes]:
+    from resilient_tx.pipeline import Sender, SenderConfig
+
+    sender = Sender(SenderConfig(), torch.device("cpu"))
+    return [bytes(p) for p in sender.packets(load_rgb(sample_path())[:256, :384],
+                                             image_id).packets]
+
+
+def _send_raw(port: int, batches: list[list[bytes]]) -> None:
+    """Each batch from its own UDP socket, i.e. its own sender."""
+
+    async def go() -> None:
+        for batch in batches:
+            async with await open_sender("udp", f"127.0.0.1:{port}") as tx:
+                await tx.send(batch)
+
+    asyncio.run(go())
+
+
+def _recv_reports(tmp_path: Path, port: int, count: int, capsys) -> tuple[threading.Thread,
+                                                                           list[int]]:
+    return _recv_in_thread(["recv", "--listen", f"127.0.0.1:{port}", "--count", str(count),
+                            "--out-dir", str(tmp_path), "--json", "--threads", "1",
+                            "--deadline", "0.5"])
+
+
+def _json_lines(capsys) -> list[dict]:
+    return [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+
+
+@pytest.mark.network
+def test_vanishing_sender_dup_reorder_and_two_senders(tmp_path: Path, capsys) -> None:
+    port = _free_port("udp")
+    a, b, c = _packets(1), _packets(2), _packets(3)
+    t, codes = _recv_reports(tmp_path, port, 3, capsys)
+    time.sleep(3.0)
+    rng = random.Random(0)
+    shuffled = b + b[:5]  # duplicates ...
+    rng.shuffle(shuffled)  # ... and reordering
+    # sender 1 vanishes after a third of image 1; senders 2 and 3 are whole
+    _send_raw(port, [a[: len(a) // 3], shuffled, c])
+    t.join(timeout=120)
+    assert not t.is_alive() and codes == [0]
+    reports = {int(r["image_id"], 16): r for r in _json_lines(capsys)}
+    assert set(reports) == {1, 2, 3}
+    assert not reports[1]["complete"] and reports[1]["tokens_inpainted"] > 0
+    assert reports[2]["complete"] and reports[2]["tokens_inpainted"] == 0
+    assert reports[3]["complete"] and reports[3]["tokens_inpainted"] == 0
+    assert len({reports[i]["sender"] for i in (1, 2, 3)}) == 3
+    for r in reports.values():
+        assert load_rgb(r["output"]).shape == (256, 384, 3)
