@@ -226,31 +226,34 @@ def print_table(rows: list[dict], oracle_pts) -> None:
           "points (* = outside them, clamped)")
 
 
-def _series(rows: list[dict], lm: str, want) -> dict[str, list[tuple[float, float, float]]]:
-    out: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
-    for r in rows:
-        if r["loss_model"] == lm and want(r):
-            label = f"{r['fec']} d{r['depth']} {r['inpainter']}"
-            out[label].append((r["loss"], r["psnr"], r["ms_ssim"]))
-    return out
+STYLES = {"mim": "o-", "neighbor": "^-", "none": "v:", "jpeg": "s--", "jpeg+fec": "d-."}
 
 
 def plot(rows: list[dict], path: Path, want, title: str) -> None:
-    """PSNR and MS-SSIM against loss, one column per loss model, lines chosen by ``want``."""
+    """PSNR and MS-SSIM against loss, one column per loss model, for the rows ``want``
+    keeps. One colour per (FEC profile, depth); line style by method (:data:`STYLES`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = sorted({r["loss_model"] for r in rows})
+    kept = [r for r in rows if want(r)]
+    settings = sorted({(r["fec"], r["depth"]) for r in kept})
+    colour = {fd: plt.get_cmap("tab10")(i % 10) for i, fd in enumerate(settings)}
+    models = sorted({r["loss_model"] for r in kept})
     fig, axes = plt.subplots(2, len(models), figsize=(6.5 * len(models), 8), squeeze=False)
     for col, lm in enumerate(models):
-        for label, pts in sorted(_series(rows, lm, want).items()):
-            pts.sort()
-            style = "s--" if "jpeg" in label else "o-"
-            for row, i in ((0, 1), (1, 2)):
-                axes[row][col].plot([p[0] * 100 for p in pts], [p[i] for p in pts], style,
-                                    ms=3, label=label)
+        series: dict[tuple, list[dict]] = defaultdict(list)
+        for r in kept:
+            if r["loss_model"] == lm:
+                series[(r["fec"], r["depth"], r["inpainter"])].append(r)
+        for (f, d, method), pts in sorted(series.items()):
+            pts.sort(key=lambda r: r["loss"])
+            bpp = np.mean([r["wire_bpp"] for r in pts])
+            for row, key in ((0, "psnr"), (1, "ms_ssim")):
+                axes[row][col].plot([100 * r["loss"] for r in pts], [r[key] for r in pts],
+                                    STYLES.get(method, "o-"), color=colour[(f, d)], ms=3,
+                                    label=f"{method}, FEC {f}, depth {d} ({bpp:.3f} bpp)")
         for row, name in ((0, "PSNR (dB)"), (1, "MS-SSIM")):
             ax = axes[row][col]
             ax.set_title(f"{lm} loss")
@@ -265,15 +268,18 @@ def plot(rows: list[dict], path: Path, want, title: str) -> None:
 
 
 def plot_all(rows: list[dict], out: Path) -> None:
-    plot(rows, out / "loss_sweep.png", lambda r: r["inpainter"] in ("mim", "jpeg", "jpeg+fec"),
-         "resilient-tx (MIM inpainting) vs JPEG at the same bytes")
-    first = (rows[0]["fec"], rows[0]["depth"]) if rows else None
-    best = max(((r["fec"], r["depth"]) for r in rows if r["inpainter"] == "mim"),
-               key=lambda fd: _nanmean([r["psnr"] for r in rows if (r["fec"], r["depth"]) == fd
-                                        and r["inpainter"] == "mim"]), default=first)
+    depth = max((r["depth"] for r in rows), default=0)
+    plot(rows, out / "loss_sweep.png",
+         lambda r: r["depth"] == depth and r["inpainter"] in ("mim", "jpeg", "jpeg+fec"),
+         f"resilient-tx (MIM inpainting, context depth {depth}) vs JPEG at the same bytes")
+    scored = [((r["fec"], r["depth"]), r["psnr"]) for r in rows if r["inpainter"] == "mim"]
+    if not scored:
+        return
+    best = max({fd for fd, _ in scored},
+               key=lambda fd: _nanmean([v for k, v in scored if k == fd]))
     plot(rows, out / "inpainters.png",
          lambda r: (r["fec"], r["depth"]) == best and "jpeg" not in r["inpainter"],
-         f"inpainters compared, FEC {best[0] if best else ''} depth {best[1] if best else ''}")
+         f"inpainters compared at FEC {best[0]}, context depth {best[1]}")
 
 
 def plot_examples(img: np.ndarray, examples: dict, path: Path) -> None:
