@@ -17,6 +17,7 @@ import torch
 from . import fec
 from .codec import Codec
 from .collector import DueImage
+from .errors import InputError
 from .inpaint import Inpainter, get_inpainter
 from .packetizer import PacketizedImage, Packetizer
 from .reassembly import ReceiveReport, decode_tokens, report
@@ -40,7 +41,12 @@ class SenderConfig:
 def fec_profile(name: str) -> fec.FecProfile:
     """A named profile, or ``for_loss:P`` for parity derived from a loss rate P."""
     if name.startswith("for_loss:"):
-        return fec.for_loss(float(name.split(":", 1)[1]))
+        text = name.split(":", 1)[1]
+        try:
+            p = float(text)
+        except ValueError:
+            raise InputError(f"--fec for_loss:P needs a loss rate P, got {text!r}") from None
+        return fec.for_loss(p)
     return fec.get_profile(name)
 
 

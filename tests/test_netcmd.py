@@ -138,3 +138,13 @@ def test_vanishing_sender_dup_reorder_and_two_senders(tmp_path: Path, capsys) ->
     assert len({reports[i]["sender"] for i in (1, 2, 3)}) == 3
     for r in reports.values():
         assert load_rgb(r["output"]).shape == (256, 384, 3)
+
+
+def test_bad_fec_and_loss_options_are_one_line(capsys) -> None:
+    img = str(sample_path())
+    assert main(["send", img, "--to", "127.0.0.1", "--fec", "for_loss:lots"]) == 2
+    assert main(["send", img, "--to", "127.0.0.1", "--fec", "mystery"]) == 2
+    assert main(["send", img, "--to", "127.0.0.1", "--sim-loss", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "for_loss" in err and "mystery" in err and "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if ln.startswith("resilient-tx: error:")]) == 3
