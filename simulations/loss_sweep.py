@@ -212,7 +212,8 @@ def summarise(trials: list[Trial]) -> list[dict]:
 
 def print_table(rows: list[dict], oracle_pts) -> None:
     hdr = (f"{'model':<10}{'loss':>5} {'fec':<9}{'d':>2} {'inpaint':<9}{'wire bpp':>9}{'recv':>6}"
-           f"{'inpainted':>10}{'unusable':>9}{'PSNR':>7}{'min':>7}{'MS-SSIM':>8}{'oracle':>8}")
+           f"{'inpainted':>10}{'unusable':>9}{'PSNR':>7}{'min':>7}{'MS-SSIM':>8}{'oracle':>8}"
+           f"{'runs':>6}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -221,9 +222,10 @@ def print_table(rows: list[dict], oracle_pts) -> None:
               f"{r['inpainter']:<9}"
               f"{r['wire_bpp']:>9.4f}{r['received_fraction']:>6.2f}{r['tokens_inpainted']:>10.2f}"
               f"{r['unusable_fraction']:>9.2f}{r['psnr']:>7.2f}{r['psnr_min']:>7.2f}"
-              f"{r['ms_ssim']:>8.4f}{o_psnr:>7.2f}{'' if inside else '*'}")
+              f"{r['ms_ssim']:>8.4f}{o_psnr:>7.2f}{'' if inside else '*':1}{r['n']:>6}")
     print("oracle: no-loss PSNR at (1-p) x wire bpp, interpolated between the shipped rate "
-          "points (* = outside them, clamped)")
+          "points (* = outside them, clamped). runs: image x trial pairs averaged; JPEG+FEC "
+          "has fewer where even quality 1 plus parity exceeds our bytes")
 
 
 STYLES = {"mim": "o-", "neighbor": "^-", "none": "v:", "jpeg": "s--", "jpeg+fec": "d-."}
