@@ -40,6 +40,9 @@ class Collector:
     deadline: float = 0.5
     stages: int = 5
     max_open: int = 64  # bound on images held at once: a flood cannot exhaust memory
+    # A CRC-valid header may still announce a 65535 x 65535 image; decoding that would take
+    # minutes and gigabytes, so larger images are refused (8192 x 8192 by default).
+    max_pixels: int = 1 << 26
     _open: dict[tuple[Hashable, int, bytes], _Entry] = field(default_factory=dict)
     _done: dict[tuple[Hashable, int, bytes], float] = field(default_factory=dict)
     rejected: int = 0  # datagrams that were not valid packets
@@ -50,6 +53,9 @@ class Collector:
         try:
             p = Packet.parse(datagram)
         except ResilientTxError:
+            self.rejected += 1
+            return None
+        if p.width * p.height > self.max_pixels:
             self.rejected += 1
             return None
         key = (sender, p.image_id, p.model_id)

@@ -189,7 +189,10 @@ def _decode_chunk(cdf: torch.Tensor, pos: np.ndarray, k: int, j: int, chunk: byt
     seed, crc = CHUNK_HEADER.unpack_from(chunk)
     idx = layout.chunk_members(len(pos), k, seed)[j]
     sel = cdf[torch.from_numpy(idx)]
-    sym = entropy.decode(sel.reshape(-1, sel.shape[-1]), chunk[CHUNK_HEADER.size:])
+    try:
+        sym = entropy.decode(sel.reshape(-1, sel.shape[-1]), chunk[CHUNK_HEADER.size:])
+    except BitstreamError:  # e.g. data for a chunk that, per its header, holds no tokens
+        return False
     sym = sym.reshape(len(idx), -1)
     if entropy.symbols_crc(sym) != crc:
         return False

@@ -59,3 +59,12 @@ def test_open_images_are_bounded(sent) -> None:
         col.feed(bytes(sent.packets[0]), sender, float(i))
     evicted = col.expired(2.0)
     assert [d.key[0] for d in evicted] == ["a"]
+
+
+def test_oversized_images_are_refused(sent) -> None:
+    from resilient_tx.packet import Packet
+
+    big = Packet(**{**sent.packets[0].__dict__, "width": 60000, "height": 60000})
+    col = Collector()
+    assert col.feed(bytes(big), "a", 0.0) is None and col.rejected == 1
+    assert col.flush() == []

@@ -115,3 +115,19 @@ def test_context_depth_keeps_later_stages_decodable(tmp_path) -> None:
     chain = Packetizer(codec, fec.get_profile("none"), max_packet=100).packetize(image, 9)
     _, known0, _ = receive(codec, [p for p in chain.packets if p.stage != 3])
     assert int(known0.sum()) == int((grid <= 2).sum())
+
+
+def test_adversarial_headers_never_raise(setup) -> None:
+    """CRC-valid packets whose k/n/stage disagree with the image never crash decoding."""
+    codec, out = setup
+    first = out.packets[0]
+    weird = [
+        Packet(**{**first.__dict__, "k": 200, "n": 200, "index": 150}),  # k > stage tokens
+        Packet(**{**first.__dict__, "stage": 9}),  # a stage the model does not have
+        Packet(**{**first.__dict__, "payload": b"\x00" * 7}),  # too short for a chunk
+    ]
+    for bad in weird:
+        asm = ImageAssembler(bad)
+        tokens, known, dec = decode_tokens(codec, asm)
+        assert tokens.shape == out.tokens.shape
+        assert torch.equal(tokens[:, known], out.tokens[:, known])
