@@ -69,9 +69,12 @@ def test_best_seed_balances_bytes() -> None:
     bits = np.random.default_rng(0).gamma(2.0, 5.0, size=1000)
     k = 6
     plain = np.bincount(layout.assign_chunks(1000, k, 0), weights=bits, minlength=k)
-    best = np.bincount(layout.assign_chunks(1000, k, layout.best_seed(bits, k)),
-                       weights=bits, minlength=k)
-    assert best.max() <= plain.max()
+    seed = layout.best_seed(bits, k)
+    best = np.bincount(layout.assign_chunks(1000, k, seed), weights=bits, minlength=k)
+    # Measured: largest chunk 8.3 % above the mean with no rotation, 2.5 % with the best
+    # seed; seed 0 is among the candidates, so only a strict gain shows the search works.
+    assert seed != 0 and best.max() < 0.97 * plain.max()
+    assert layout.best_seed(bits, k) == seed  # the decoder-side rebuild is reproducible
 
 
 def test_bad_arguments(tmp_path, tiny_config) -> None:
