@@ -20,7 +20,7 @@ from .container import EncodedImage, StageStream
 from .data import to_tensor, to_uint8
 from .errors import BitstreamError, InputError, ModelMismatchError
 from .model import pad_to_multiple
-from .partition import stage_indices
+from .partition import quincunx_stages, stage_indices
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,10 @@ class Codec:
 
     def stages(self, h: int, w: int) -> list[np.ndarray]:
         return stage_indices(h, w, self.cfg.stages)
+
+    def stage_map(self, h: int, w: int) -> torch.Tensor:
+        """(h, w) int64 quincunx stage (1-based) of every token."""
+        return torch.from_numpy(quincunx_stages(h, w, self.cfg.stages))
 
     # ----- image <-> tokens -----------------------------------------------------------
     def image_to_tokens(self, image: np.ndarray) -> torch.Tensor:
@@ -85,13 +89,9 @@ class Codec:
     # ----- tokens <-> stage bitstreams ------------------------------------------------
     def encode_tokens(self, tokens: torch.Tensor) -> tuple[StageStream, ...]:
         m, h, w = tokens.shape
-        grid_stage = torch.zeros(h * w, dtype=torch.int64)
-        stages = self.stages(h, w)
-        for s, pos in enumerate(stages, start=1):
-            grid_stage[torch.from_numpy(pos)] = s
-        grid_stage = grid_stage.reshape(h, w)
+        grid_stage = self.stage_map(h, w)
         out = []
-        for s, pos in enumerate(stages, start=1):
+        for s, pos in enumerate(self.stages(h, w), start=1):
             sym = self._stage_symbols(tokens, pos)
             cdf = self.stage_cdfs(tokens, s, pos, grid_stage >= s)
             out.append(StageStream(entropy.encode(cdf, sym), sym.shape[0],

@@ -137,17 +137,23 @@ def _build(cls: type[T], section: Any, where: str) -> T:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+def read_yaml(path: str | Path, what: str = "file") -> Any:
+    """Parse a YAML file; a missing file or bad YAML is a :class:`ConfigError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} not found: {p}")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+
+
 def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a YAML run config (``model:`` / ``train:`` sections); missing keys keep defaults."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+        data = read_yaml(p, "config file") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
         extra = sorted(set(data) - {"model", "train"})

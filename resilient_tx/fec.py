@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 import reedsolo
-import yaml
 
+from .config import read_yaml
 from .errors import ConfigError, FecError, InputError
 from .packet import DEFAULT_MAX_PACKET, max_payload
 
@@ -345,16 +345,7 @@ def _check_stage_tuple(name: str, key: str, values: tuple[Any, ...],
 
 def _load_yaml(path: str | Path | None) -> tuple[dict[str, FecProfile], tuple[float, ...]]:
     p = Path(path) if path is not None else PROFILES_PATH
-    return _parse_profiles(_read_yaml(p), p)
-
-
-def _read_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"FEC profile file not found: {path}")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    return _parse_profiles(read_yaml(p, "FEC profile file"), p)
 
 
 def _parse_profiles(data: Any, where: Path) -> tuple[dict[str, FecProfile], tuple[float, ...]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,20 +29,22 @@ class LoopbackResult:
     latency_s: float  # from the start of encoding to the decoded image
 
 
-async def _collect(rx, collector: Collector) -> DueImage:
+async def due_images(rx, collector: Collector) -> AsyncIterator[DueImage]:
+    """Feed ``collector`` from receiver ``rx``; yield each image as it becomes due
+    (complete, or its deadline passed). Waits no longer than the next deadline."""
     while True:
         nxt = collector.next_deadline()
         timeout = None if nxt is None else max(0.0, nxt - time.monotonic())
         try:
             data, peer = await asyncio.wait_for(rx.recv(), timeout)
         except TimeoutError:
-            expired = collector.expired(time.monotonic())
-            if expired:
-                return expired[0]
-            continue
-        due = collector.feed(data, peer, time.monotonic())
-        if due is not None:
-            return due
+            data = None
+        if data is not None:
+            due = collector.feed(data, peer, time.monotonic())
+            if due is not None:
+                yield due
+        for due in collector.expired(time.monotonic()):
+            yield due
 
 
 async def _run(image: np.ndarray, sender: Sender, receiver: Receiver, channel: ChannelConfig,
@@ -53,7 +56,9 @@ async def _run(image: np.ndarray, sender: Sender, receiver: Receiver, channel: C
         async with open_sender("udp", rx.address) as tx:
             if kept:
                 await tx.send(kept)
-            due = await _collect(rx, Collector(deadline=deadline))
+            images = due_images(rx, Collector(deadline=deadline))
+            due = await anext(images)  # one image was sent: the first due one is it
+            await images.aclose()
         rec = await asyncio.get_running_loop().run_in_executor(None, receiver.finish, due)
         latency = time.monotonic() - t0
     return LoopbackResult(rec, stats, len(sent.packets), sent.total_bytes, latency)

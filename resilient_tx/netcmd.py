@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .config import read_yaml
 from .errors import ConfigError, InputError
 
 SEND_DEFAULTS: dict[str, Any] = {
@@ -40,12 +39,7 @@ def apply_config(args: argparse.Namespace, section: str, defaults: dict[str, Any
     from_file: dict[str, Any] = {}
     if getattr(args, "config", None):
         p = Path(args.config)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+        data = read_yaml(p, "config file") or {}
         from_file = data.get(section) or {} if isinstance(data, dict) else None
         if not isinstance(from_file, dict):
             raise ConfigError(f"{p}: section {section!r} must be a mapping")
@@ -165,20 +159,12 @@ class _RecvLoop:
         return bool(self.args.count) and self.done >= int(self.args.count)
 
     async def run(self, rx) -> None:
-        while not self.finished():
-            nxt = self.collector.next_deadline()
-            timeout = None if nxt is None else max(0.0, nxt - time.monotonic())
-            try:
-                data, peer = await asyncio.wait_for(rx.recv(), timeout)
-            except TimeoutError:
-                data = None
-            if data is not None:
-                due = self.collector.feed(data, peer, time.monotonic())
-                if due is not None:
-                    await self.finish(due)
-            for due in self.collector.expired(time.monotonic()):
-                if not self.finished():
-                    await self.finish(due)
+        from .loopback import due_images
+
+        async for due in due_images(rx, self.collector):
+            await self.finish(due)
+            if self.finished():
+                return
 
 
 async def _recv(args: argparse.Namespace, receiver) -> None:

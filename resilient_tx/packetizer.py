@@ -71,14 +71,6 @@ class PacketizedImage:
         return sum(len(c) for st in self.stages for c in st.chunks)
 
 
-def stage_grid(h: int, w: int, stages: list[np.ndarray]) -> torch.Tensor:
-    """(h, w) int64 map of each token's stage (1-based)."""
-    grid = torch.zeros(h * w, dtype=torch.int64)
-    for s, pos in enumerate(stages, start=1):
-        grid[torch.from_numpy(pos)] = s
-    return grid.reshape(h, w)
-
-
 def encode_chunk(cdf: torch.Tensor, symbols: torch.Tensor, seed: int) -> bytes:
     """One chunk: header + torchac bitstream of ``symbols`` (n, M) under ``cdf`` (n, M, L)."""
     head = CHUNK_HEADER.pack(seed, entropy.symbols_crc(symbols))
@@ -117,10 +109,9 @@ class Packetizer:
 
     def plan_stages(self, tokens: torch.Tensor) -> tuple[StagePlan, ...]:
         m, h, w = tokens.shape
-        stages = self.codec.stages(h, w)
-        grid = stage_grid(h, w, stages)
+        grid = self.codec.stage_map(h, w)
         plans = []
-        for s, pos in enumerate(stages, start=1):
+        for s, pos in enumerate(self.codec.stages(h, w), start=1):
             sym = tokens.reshape(m, -1)[:, torch.from_numpy(pos)].T.contiguous()  # (n, M)
             hidden = grid > context_stages(s, self.context_depth)
             cdf = self.codec.stage_cdfs(tokens, s, pos, hidden)

@@ -27,7 +27,7 @@ from . import entropy, fec, layout
 from .codec import Codec
 from .errors import BitstreamError
 from .packet import HEADER_SIZE, Packet
-from .packetizer import CHUNK_HEADER, DEPTH_MASK, context_stages, stage_grid
+from .packetizer import CHUNK_HEADER, DEPTH_MASK, context_stages
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def decode_tokens(codec: Codec, asm: ImageAssembler) -> tuple[torch.Tensor, torc
     h, w = codec.grid(asm.width, asm.height)
     m = codec.cfg.num_subvectors
     stages = codec.stages(h, w)
-    grid = stage_grid(h, w, stages)
+    grid = codec.stage_map(h, w)
     dec = _Decoding(torch.zeros(m, h * w, dtype=torch.int64), torch.zeros(h * w, dtype=bool))
     depth = asm.flags & DEPTH_MASK
     complete: list[bool] = []  # complete[i]: stage i + 1 decoded exactly
