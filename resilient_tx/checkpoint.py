@@ -1,4 +1,6 @@
-"""The model file format: weights, config, stage-1 marginals and a content-derived model id.
+"""The model file formats: codec models (below) and AR inpainting priors (at the end).
+
+Codec model: weights, config, stage-1 marginals and a content-derived model id.
 
 A model file is a ``torch.save`` dict loaded with ``weights_only=True`` (no pickled code):
 
@@ -23,9 +25,10 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig, model_config_from_dict
-from .errors import InputError, ModelNotFoundError
+from .config import ModelConfig, ar_config_from_dict, model_config_from_dict
+from .errors import InputError, ModelMismatchError, ModelNotFoundError
 from .model import PQMIM
+from .model.ar import ArPrior
 
 FORMAT = "resilient-tx-model/1"
 
@@ -104,3 +107,57 @@ def load_model(path: str | Path, name: str | None = None) -> LoadedModel:
     net.eval()
     return LoadedModel(net=net, marginals=marginals, model_id=model_id,
                        name=name or p.stem, meta=dict(payload.get("meta", {})))
+
+
+# ----- autoregressive inpainting priors (VQGAN extreme-compression paper, Sec. 2.3) -------
+PRIOR_FORMAT = "resilient-tx-ar-prior/1"
+
+
+@dataclass(frozen=True)
+class LoadedPrior:
+    """An AR token prior and the id of the model whose tokens it was trained on."""
+
+    net: ArPrior
+    base_model_id: bytes
+    meta: dict[str, Any]
+
+
+def save_prior(path: str | Path, prior: ArPrior, base_model_id: bytes, meta: dict[str, Any],
+               dtype: torch.dtype = torch.float16) -> None:
+    """Write an AR prior file bound to ``base_model_id`` (fp16 weights, like models)."""
+    state = {k: v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu()
+             for k, v in prior.state_dict().items()}
+    payload = {"format": PRIOR_FORMAT, "config": dataclasses.asdict(prior.cfg),
+               "num_subvectors": prior.m, "codebook_size": prior.v,
+               "base_model_id": base_model_id.hex(), "state_dict": state, "meta": meta}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+
+
+def load_prior(path: str | Path, base: LoadedModel) -> LoadedPrior:
+    """Load an AR prior for ``base``; a prior trained on another model's tokens is refused
+    (its indices would mean different codebook entries)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelNotFoundError(f"AR prior file not found: {p}")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises a zoo of types for bad files
+        raise InputError(f"{p}: not a resilient-tx AR prior ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != PRIOR_FORMAT:
+        raise InputError(f"{p}: not a resilient-tx AR prior (format {PRIOR_FORMAT} expected)")
+    try:
+        base_id = bytes.fromhex(str(payload["base_model_id"]))
+        m, v = int(payload["num_subvectors"]), int(payload["codebook_size"])
+        net = ArPrior(ar_config_from_dict(dict(payload["config"])), m, v)
+        net.load_state_dict({k: t.float() if t.is_floating_point() else t
+                             for k, t in payload["state_dict"].items()})
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"{p}: damaged or incompatible AR prior ({exc})") from exc
+    if base_id != base.model_id or (m, v) != (base.cfg.num_subvectors, base.cfg.codebook_size):
+        raise ModelMismatchError(
+            f"{p} was trained on the tokens of model {base_id.hex()}, not of "
+            f"{base.model_id_hex} ({base.name}); retrain it with "
+            f"`resilient-tx train --only ar --init {base.name}`")
+    net.eval()
+    return LoadedPrior(net=net, base_model_id=base_id, meta=dict(payload.get("meta", {})))

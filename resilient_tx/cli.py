@@ -21,7 +21,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_run_config
     from .errors import InputError
     from .runtime import resolve_device, set_threads
-    from .train import Trainer
 
     run = load_run_config(args.config)
     if args.steps is not None:
@@ -31,6 +30,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise InputError(f"--time-budget must be > 0 minutes, got {args.time_budget}")
         run = dataclasses.replace(
             run, train=dataclasses.replace(run.train, time_budget=args.time_budget * 60))
+    if args.only and not args.init:
+        raise InputError(f"--only {args.only} needs --init MODEL (a rate name or model file)")
+    if args.init and not args.only:
+        raise InputError("--init needs --only mim|ar: a full run trains a new autoencoder")
     set_threads(args.threads if args.threads is not None else run.train.threads)
     device = resolve_device(args.device)
     if device.type == "cuda":
@@ -39,6 +42,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+    if args.only:
+        return _train_on_tokens(args, run, device)
+    from .checkpoint import load_model
+    from .train import Trainer
+
     trainer = Trainer(run, Path(args.data), Path(args.out), device)
     if trainer.try_resume():
         print(f"resuming from {args.out}/last.pt at step {trainer.step}", file=sys.stderr)
@@ -46,7 +54,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"model {res.model_id} written to {res.model_path} after {res.steps} steps "
           f"({res.seconds / 60:.1f} min): train PSNR {res.final_psnr:.2f} dB, "
           f"MIM {res.final_mim_bits:.3f} bits/sub-index")
+    if run.ar.steps > 0:  # an ``ar:`` section with steps also trains the AR prior
+        from .token_train import ArTrainer
+
+        model = load_model(res.model_path)
+        ar = ArTrainer(model, trainer.images, run.ar, run.train, Path(args.out), device)
+        _report(ar.run(), "AR prior")
     return 0
+
+
+def _train_on_tokens(args: argparse.Namespace, run, device) -> int:
+    """``--only mim|ar --init MODEL``: train on the frozen tokens of an existing model."""
+    import dataclasses
+
+    from .token_train import ArTrainer, MimFinetuner
+    from .train import load_training_images
+    from .zoo import get_model
+
+    model = get_model(args.init)
+    images = load_training_images(Path(args.data))
+    out = Path(args.out)
+    if args.only == "mim":
+        phase = MimFinetuner(model, images, run.train, out, device)
+    else:
+        ar = run.ar if run.ar.steps > 0 else dataclasses.replace(run.ar, steps=20000)
+        phase = ArTrainer(model, images, ar, run.train, out, device)
+    if phase.try_resume(device):
+        print(f"resuming from {phase._state_path()} at step {phase.step}", file=sys.stderr)
+    _report(phase.run(), "fine-tuned model" if args.only == "mim" else "AR prior")
+    return 0
+
+
+def _report(res, what: str) -> None:
+    ident = f" {res.model_id}" if res.model_id else ""
+    print(f"{what}{ident} written to {res.path} after {res.steps} steps "
+          f"({res.seconds / 60:.1f} min): {res.final_bits:.3f} bits/sub-index")
 
 
 def _codec(args: argparse.Namespace, model_id: bytes | None = None):
@@ -145,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a PQ-VAE + MIM model on a folder of images",
                        description="Jointly train the PQ-VAE and the MIM entropy model "
-                       "(no MIM gradient into the encoder). Resumes from OUT/last.pt.")
+                       "(no MIM gradient into the encoder), or with --only just the MIM or the AR "
+                       "inpainting prior of an existing model. Resumes from OUT/last*.pt.")
     t.add_argument("--data", required=True, help="folder of training images (searched recursively)")
     t.add_argument("--config", help="YAML file with model: and train: sections")
     t.add_argument("--out", default="runs/train", help="output folder (default: %(default)s)")
@@ -153,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-budget", type=float, metavar="MIN",
                    help="stop both phases in time to finish within MIN minutes; steps in the "
                    "config become caps and the LR schedules shrink to fit")
+    t.add_argument("--only", choices=("mim", "ar"),
+                   help="train only this part on the frozen tokens of --init: 'mim' continues "
+                   "the MIM entropy model (new model id, same autoencoder); 'ar' trains the "
+                   "autoregressive inpainting prior (config section ar:)")
+    t.add_argument("--init", metavar="MODEL",
+                   help="rate name (low, high) or model file that --only starts from")
     t.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
     t.add_argument("--threads", type=int, help="CPU threads (default: config / torch default)")
     t.set_defaults(func=_cmd_train)

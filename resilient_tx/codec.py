@@ -69,17 +69,28 @@ class Codec:
     # ----- probabilities --------------------------------------------------------------
     @torch.no_grad()
     def stage_cdfs(self, known: torch.Tensor, stage: int, positions: np.ndarray,
-                   hidden: torch.Tensor) -> torch.Tensor:
+                   hidden: torch.Tensor, cache: dict[bytes, torch.Tensor] | None = None
+                   ) -> torch.Tensor:
         """int64 CDFs (n, M, V+1) for ``positions`` of ``stage`` (1-based).
 
         ``known`` (M, h, w) holds every token of earlier stages; ``hidden`` (h, w) is True
-        where a token is not (yet) known to the decoder.
+        where a token is not (yet) known to the decoder. With a ``cache`` (one per image),
+        the MIM trunk runs once per distinct ``hidden`` mask: the caller promises that equal
+        masks come with equal visible tokens, which holds for the stages that share a
+        context under a context depth. The heads then run per stage, so the CDFs are
+        exactly those of an uncached call.
         """
         n = len(positions)
         if stage == 1:
             return self.marginal_cdf.unsqueeze(0).expand(n, -1, -1)
-        sel = self.mim64.logits_at(known[None].to(self.device), hidden[None].to(self.device),
-                                   torch.from_numpy(positions).to(self.device))
+        key = hidden.detach().cpu().numpy().tobytes()
+        feats = cache.get(key) if cache is not None else None
+        if feats is None:
+            feats = self.mim64.features(known[None].to(self.device),
+                                        hidden[None].to(self.device))
+            if cache is not None:
+                cache[key] = feats
+        sel = self.mim64.heads_at(feats, torch.from_numpy(positions).to(self.device))
         return entropy.logits_to_cdf(sel)
 
     def _stage_symbols(self, tokens: torch.Tensor, positions: np.ndarray) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Frozen configuration dataclasses and their YAML mapping.
 
-A YAML file mirrors the dataclasses: top-level sections ``model:`` and ``train:``
+A YAML file mirrors the dataclasses: top-level sections ``model:``, ``train:`` and ``ar:``
 whose keys are the field names. Unknown keys are an error, not silently ignored.
 """
 
@@ -91,9 +91,44 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ArConfig:
+    """Autoregressive token prior for inpainting (VQGAN extreme-compression paper, Sec. 2.3).
+
+    A causal transformer over a ``window`` x ``window`` crop of the token grid in raster
+    order. Training replaces a random share of the input tokens, drawn from
+    U(0, ``max_mask_ratio``), by a special "lost" token so the prior learns to predict
+    while part of its context is itself missing. ``steps`` = 0 skips it in a full run.
+    """
+
+    window: int = 16  # tokens per side of the sliding window (16 -> 256 px at f = 16)
+    dim: int = 192
+    depth: int = 4
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    max_mask_ratio: float = 0.5
+    steps: int = 0
+    batch_size: int = 64
+    lr: float = 5e-4
+    min_lr: float = 2e-5
+    warmup_steps: int = 200
+    weight_decay: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.window <= 64:
+            raise ConfigError(f"ar.window must be in [2, 64], got {self.window}")
+        if self.dim < 1 or self.depth < 1 or self.heads < 1 or self.dim % self.heads:
+            raise ConfigError("ar.dim must be a positive multiple of ar.heads; depth >= 1")
+        if not 0.0 <= self.max_mask_ratio < 1.0:
+            raise ConfigError(f"ar.max_mask_ratio must be in [0, 1), got {self.max_mask_ratio}")
+        if self.steps < 0 or self.batch_size < 1:
+            raise ConfigError("ar.steps must be >= 0 and ar.batch_size >= 1")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ar: ArConfig = field(default_factory=ArConfig)
 
 
 def _coerce(where: str, name: str, default: Any, value: Any) -> Any:
@@ -149,22 +184,28 @@ def read_yaml(path: str | Path, what: str = "file") -> Any:
 
 
 def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML run config (``model:`` / ``train:`` sections); missing keys keep defaults."""
+    """Read a YAML run config (``model:`` / ``train:`` / ``ar:`` sections); missing keys keep
+    defaults."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         data = read_yaml(p, "config file") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
-        extra = sorted(set(data) - {"model", "train"})
+        extra = sorted(set(data) - {"model", "train", "ar"})
         if extra:
             raise ConfigError(f"{p}: unknown section(s) {', '.join(extra)}")
     model = _build(ModelConfig, data.get("model"), "model")
     train = _build(TrainConfig, data.get("train"), "train")
+    ar = _build(ArConfig, data.get("ar"), "ar")
     if overrides:
         train = _build(TrainConfig, {**dataclasses.asdict(train), **overrides}, "train")
-    return RunConfig(model=model, train=train)
+    return RunConfig(model=model, train=train, ar=ar)
 
 
 def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
     return _build(ModelConfig, d, "model")
+
+
+def ar_config_from_dict(d: dict[str, Any]) -> ArConfig:
+    return _build(ArConfig, d, "ar")

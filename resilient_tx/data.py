@@ -39,9 +39,16 @@ def load_rgb(path: str | Path) -> np.ndarray:
     return arr
 
 
-def save_rgb(arr: np.ndarray, path: str | Path) -> None:
+#: zlib level for PNGs written on the receiver's latency path: level 1 writes a 768x512
+#: image ~3x faster than Pillow's default 6 (77 vs 255 ms here) for a ~10 % larger file.
+FAST_PNG_LEVEL = 1
+
+
+def save_rgb(arr: np.ndarray, path: str | Path, compress_level: int | None = None) -> None:
+    """Write uint8 RGB; ``compress_level`` (0-9) applies to PNG, None = Pillow's default."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
+    opts = {} if compress_level is None else {"compress_level": compress_level}
+    Image.fromarray(arr).save(path, **opts)
 
 
 def to_tensor(arr: np.ndarray) -> torch.Tensor:

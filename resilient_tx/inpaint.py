@@ -15,6 +15,8 @@ The values the input holds at unknown positions are never read.
   confidence order (Sec. 4.3, "Number of prediction stages", Fig. 9). Deterministic: each
   sub-quantizer's index is picked from its own softmax, independently of the others
   (the codebook entry nearest the posterior mean by default, or the argmax).
+* :class:`ArInpainter` -- sliding-window autoregressive fill with the AR prior
+  (VQGAN extreme-compression paper, Sec. 2.3).
 * :class:`NeighborInpainter` -- copy the nearest known token (Euclidean on the grid).
 * :class:`NoInpainter` -- a fixed token: each sub-codebook's most frequent index.
 
@@ -31,8 +33,9 @@ from typing import ClassVar
 
 import torch
 
-from .checkpoint import LoadedModel
-from .errors import InputError
+from .checkpoint import LoadedModel, LoadedPrior
+from .errors import InputError, ModelMismatchError
+from .model.ar import window_origin
 from .partition import quincunx_stages
 
 ORDERS = ("quincunx", "confidence")
@@ -208,13 +211,8 @@ class MimInpainter(Inpainter):
         logp = torch.log_softmax(logits.float(), dim=-1)  # (h, w, M, V)
         best, idx = logp.max(dim=-1)  # (h, w, M): log max-probability and argmax
         if self.decision == "mean":
-            idx = self._nearest_to_mean(logp.exp())
+            idx = nearest_to_mean(logp.exp(), self.codebooks)
         return idx.permute(2, 0, 1).cpu(), best.sum(dim=-1).cpu()
-
-    def _nearest_to_mean(self, probs: torch.Tensor) -> torch.Tensor:
-        """(h, w, M, V) probabilities -> (h, w, M) entry nearest the expected lookup vector."""
-        mean = torch.einsum("hwmv,mvk->hwmk", probs, self.codebooks)
-        return torch.einsum("hwmk,mvk->hwmv", mean, self.codebooks).argmax(dim=-1)
 
     def _fill(self, tokens: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         if self.order == "quincunx":
@@ -249,14 +247,87 @@ class MimInpainter(Inpainter):
         return tokens
 
 
+def nearest_to_mean(probs: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """(..., M, V) probabilities -> (..., M) index of the entry nearest (cosine) the expected
+    lookup vector ``sum_v p(v) c_v`` of each sub-quantizer; ``codebooks`` is (M, V, k)."""
+    mean = torch.einsum("...mv,mvk->...mk", probs, codebooks)
+    return torch.einsum("...mk,mvk->...mv", mean, codebooks).argmax(dim=-1)
+
+
 def cosine_left(total: int, step: int, steps: int) -> int:
     """MaskGIT cosine schedule: tokens still unknown after ``step`` of ``steps`` (0 at the end)."""
     return 0 if step >= steps else math.floor(total * math.cos(math.pi / 2 * step / steps))
 
 
-#: name -> factory(model, device). Other modules may register more (e.g. ``ar``).
+class ArInpainter(Inpainter):
+    """Sliding-window autoregressive fill (VQGAN extreme-compression paper, Sec. 2.3, Fig. 1(c)).
+
+    Unknown tokens are filled one at a time in raster order. Each is predicted by the AR
+    prior from the window centred on it (:func:`~resilient_tx.model.ar.window_origin`),
+    reading only the window tokens before it in raster order: by then every one of those
+    is either known or already filled, so the prior always sees a complete causal context
+    (the paper feeds its own predictions back the same way). Known tokens *after* the
+    position are invisible to it -- the price of a causal model, and why the MIM, which
+    sees both sides, is expected to do better.
+
+    ``window`` (default: the prior's training window) sets the context; smaller windows
+    are cheaper and see less. The decision rule is the MIM's (``"mean"`` by default, see
+    :class:`MimInpainter`), so the two differ only in their model. Deterministic; runs in
+    float32 on ``device`` (CUDA when available by default). Cost: one forward pass of at
+    most ``window**2`` tokens per unknown token.
+    """
+
+    name = "ar"
+
+    def __init__(self, model: LoadedModel, prior: LoadedPrior | None = None,
+                 device: torch.device | str | None = None, window: int | None = None,
+                 decision: str = DEFAULT_DECISION) -> None:
+        super().__init__(model)
+        if prior is None:
+            from .zoo import get_prior  # the zoo knows where shipped priors live
+
+            prior = get_prior(model)
+        if prior.base_model_id != model.model_id:
+            raise ModelMismatchError(
+                f"AR prior was trained for model {prior.base_model_id.hex()}, "
+                f"not {model.model_id_hex}")
+        trained = prior.net.cfg.window
+        self.window = trained if window is None else window
+        if not 2 <= self.window <= trained:
+            raise InputError(f"AR window must be in [2, {trained}] (the prior's training "
+                             f"window), got {self.window}")
+        if decision not in DECISIONS:
+            raise InputError(f"unknown decision {decision!r} (one of {', '.join(DECISIONS)})")
+        self.decision = decision
+        self.device = torch.device(device) if device is not None else default_device()
+        self.net = copy.deepcopy(prior.net).float().to(self.device).eval()
+        with torch.no_grad():
+            self.codebooks = model.net.quantizer.normalized_codebooks().detach().float().to(
+                self.device)
+
+    @torch.no_grad()
+    def _fill(self, tokens: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        m, h, w = tokens.shape
+        out = tokens.to(self.device)
+        for p in torch.nonzero(~known.reshape(-1)).squeeze(1).tolist():
+            r, c = divmod(p, w)
+            top, left, wh, ww = window_origin(r, c, h, w, self.window)
+            win = out[None, :, top:top + wh, left:left + ww]
+            i = (r - top) * ww + (c - left)
+            lost = torch.zeros(1, wh, ww, dtype=torch.bool, device=self.device)
+            logits = self.net(win, lost, length=i + 1)[0, i].float()  # (M, V)
+            if self.decision == "mean":
+                idx = nearest_to_mean(torch.softmax(logits, dim=-1), self.codebooks)
+            else:
+                idx = logits.argmax(dim=-1)
+            out[:, r, c] = idx
+        return out.cpu()
+
+
+#: name -> factory(model, device). Other modules may register more.
 INPAINTERS: dict[str, Callable[[LoadedModel, torch.device], Inpainter]] = {
     "mim": lambda model, device: MimInpainter(model, device),
+    "ar": lambda model, device: ArInpainter(model, device=device),
     "neighbor": lambda model, device: NeighborInpainter(model),
     "none": lambda model, device: NoInpainter(model),
 }

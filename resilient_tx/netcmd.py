@@ -140,7 +140,7 @@ class _RecvLoop:
         self.done = 0
 
     async def finish(self, due) -> None:
-        from .data import save_rgb
+        from .data import FAST_PNG_LEVEL, save_rgb
         from .errors import ResilientTxError
 
         loop = asyncio.get_running_loop()
@@ -150,7 +150,7 @@ class _RecvLoop:
             print(f"resilient-tx: image {due.key[1]:08x} skipped: {exc}", file=sys.stderr)
             return
         path = self.out_dir / f"{due.key[1]:08x}.png"
-        await loop.run_in_executor(None, save_rgb, rec.image, path)
+        await loop.run_in_executor(None, save_rgb, rec.image, path, FAST_PNG_LEVEL)
         latency = time.monotonic() - due.first_seen
         print(_report_line(rec, due, path, latency, bool(self.args.json)), flush=True)
         self.done += 1

@@ -111,10 +111,11 @@ class Packetizer:
         m, h, w = tokens.shape
         grid = self.codec.stage_map(h, w)
         plans = []
+        trunk: dict[bytes, torch.Tensor] = {}  # stages sharing a context share a MIM pass
         for s, pos in enumerate(self.codec.stages(h, w), start=1):
             sym = tokens.reshape(m, -1)[:, torch.from_numpy(pos)].T.contiguous()  # (n, M)
             hidden = grid > context_stages(s, self.context_depth)
-            cdf = self.codec.stage_cdfs(tokens, s, pos, hidden)
+            cdf = self.codec.stage_cdfs(tokens, s, pos, hidden, trunk)
             plans.append(self._plan_stage(s, sym, cdf))
         return tuple(plans)
 

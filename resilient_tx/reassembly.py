@@ -126,6 +126,7 @@ def decode_tokens(codec: Codec, asm: ImageAssembler) -> tuple[torch.Tensor, torc
     dec = _Decoding(torch.zeros(m, h * w, dtype=torch.int64), torch.zeros(h * w, dtype=bool))
     depth = asm.flags & DEPTH_MASK
     complete: list[bool] = []  # complete[i]: stage i + 1 decoded exactly
+    trunk: dict[bytes, torch.Tensor] = {}  # see Codec.stage_cdfs: contexts are exact here
     for s, pos in enumerate(stages, start=1):
         st = asm.stages.get(s)
         if st is None:
@@ -135,7 +136,7 @@ def decode_tokens(codec: Codec, asm: ImageAssembler) -> tuple[torch.Tensor, torc
             dec.unusable += _wire_bytes(st, st.shards)  # context inexact: never guess
             complete.append(False)
             continue
-        complete.append(_decode_stage(codec, s, pos, grid, st, dec, depth))
+        complete.append(_decode_stage(codec, s, pos, grid, st, dec, depth, trunk))
     return dec.tokens.reshape(m, h, w), dec.known.reshape(h, w), dec
 
 
@@ -158,7 +159,7 @@ def _available_chunks(st: _Stage) -> tuple[dict[int, bytes], int]:
 
 
 def _decode_stage(codec: Codec, s: int, pos: np.ndarray, grid: torch.Tensor, st: _Stage,
-                  dec: _Decoding, depth: int) -> bool:
+                  dec: _Decoding, depth: int, trunk: dict[bytes, torch.Tensor]) -> bool:
     """Decode what can be decoded of stage ``s``; True if the whole stage is now exact."""
     m = codec.cfg.num_subvectors
     h, w = grid.shape
@@ -167,7 +168,7 @@ def _decode_stage(codec: Codec, s: int, pos: np.ndarray, grid: torch.Tensor, st:
     # Hidden = every stage beyond the context; what the sender hid (packetizer.py).
     hidden = grid > context_stages(s, depth)
     known = torch.where(hidden.reshape(-1), 0, dec.tokens)  # not-yet-exact slots are masked
-    cdf = codec.stage_cdfs(known.reshape(m, h, w), s, pos, hidden)
+    cdf = codec.stage_cdfs(known.reshape(m, h, w), s, pos, hidden, trunk)
     ok = 0
     for j, chunk in chunks.items():
         if _decode_chunk(cdf, pos, st.k, j, chunk, dec):

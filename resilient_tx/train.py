@@ -155,6 +155,14 @@ def _token_crop_batch(tokens: list[torch.Tensor], size: int, n: int, gen: torch.
     return torch.stack([o[:, :hmin, :wmin] for o in out])
 
 
+def load_training_images(data_dir: Path) -> list[np.ndarray]:
+    """Every image under ``data_dir`` as uint8 RGB; Kodak (the evaluation set) is refused."""
+    files = list_images(data_dir)
+    if any("kodak" in str(f).lower() for f in files):
+        raise InputError("refusing to train on Kodak: it is the evaluation set")
+    return [load_rgb(f) for f in tqdm(files, desc="loading images", leave=False)]
+
+
 class Trainer:
     """Owns the training state; ``run`` is resumable from ``out_dir/last.pt``."""
 
@@ -163,10 +171,7 @@ class Trainer:
         self.cfg = run.train
         self.device = device
         self.out_dir = out_dir
-        files = list_images(data_dir)
-        if any("kodak" in str(f).lower() for f in files):
-            raise InputError("refusing to train on Kodak: it is the evaluation set")
-        self.images = [load_rgb(f) for f in tqdm(files, desc="loading images", leave=False)]
+        self.images = load_training_images(data_dir)
         self.sampler = CropSampler(self.images, self.cfg.crop, self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
         self.net = PQMIM(run.model).to(device)

@@ -6,7 +6,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from .checkpoint import LoadedModel, load_model
+from .checkpoint import LoadedModel, LoadedPrior, load_model, load_prior
 from .errors import ModelMismatchError, ModelNotFoundError
 
 DEFAULT_RATE = "low"
@@ -45,3 +45,18 @@ def find_by_id(model_id: bytes) -> LoadedModel:
         f"stream was made by model {model_id.hex()}, which is not among the models shipped "
         "here; pass the matching model file with --model"
     )
+
+
+def prior_path(model: LoadedModel) -> Path:
+    """Where the shipped AR inpainting prior of a shipped rate point lives."""
+    return _models_dir() / "priors" / f"{model.name}.pt"
+
+
+def get_prior(model: LoadedModel, path: str | Path | None = None) -> LoadedPrior:
+    """The AR prior for ``model``: ``path`` if given, else the one shipped beside it."""
+    p = Path(path) if path is not None else prior_path(model)
+    if path is None and not p.is_file():
+        raise ModelNotFoundError(
+            f"no AR prior is shipped for rate {model.name!r}; train one with "
+            f"`resilient-tx train --only ar --init {model.name} --data DIR`")
+    return load_prior(p, model)

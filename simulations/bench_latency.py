@@ -81,13 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--burst", type=int, default=20, help="256x256 images for throughput")
     p.add_argument("--sim-loss", type=float, default=0.0)
     p.add_argument("--deadline", type=float, default=0.5)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="receiver device (default: %(default)s)")
+    p.add_argument("--sender-device", default="cpu",
+                   help="device the sender encodes on (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="out/bench_latency", help="folder for PNGs and JSON")
     args = p.parse_args(argv)
     set_threads(args.threads)
     out = Path(args.out)
-    sender = Sender(SenderConfig(), resolve_device("cpu"))
+    sender = Sender(SenderConfig(), resolve_device(args.sender_device))
     img = load_rgb(sample_path())
     sender.packets(img[:64, :64], 0)  # warm-up: the sender's one-time start-up is not latency
     starts, reports = _run(args, sender, [img] * args.runs, 2.5, out / "latency")
@@ -98,11 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     last = max(Path(r["output"]).stat().st_mtime for r in breports)
     ips = len(breports) / (last - bstarts[0])
     summary = {"transport": args.transport, "sim_loss": args.sim_loss, "device": args.device,
+               "sender_device": args.sender_device,
                "latency_s": lat, "latency_median_s": statistics.median(lat),
                "throughput_images_per_s_256": ips, "burst_images_received": len(breports)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_latency.json").write_text(json.dumps(summary, indent=1))
-    print(f"{args.transport}, loss {args.sim_loss:.0%}, receiver on {args.device}: end-to-end "
+    print(f"{args.transport}, loss {args.sim_loss:.0%}, sender on {args.sender_device}, "
+          f"receiver on {args.device}: end-to-end "
           f"latency (768x512) median {summary['latency_median_s']:.2f} s, runs "
           f"{', '.join(f'{x:.2f}' for x in lat)}; throughput {ips:.2f} images/s (256x256, "
           f"{len(breports)}/{args.burst} received)")

@@ -47,7 +47,7 @@ from resilient_tx.packet import Packet  # noqa: E402
 from resilient_tx.packetizer import PacketizedImage, Packetizer  # noqa: E402
 from resilient_tx.reassembly import ImageAssembler, decode_tokens, report  # noqa: E402
 from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
-from resilient_tx.zoo import available_rates, get_model  # noqa: E402
+from resilient_tx.zoo import DEFAULT_RATE, available_rates, get_model  # noqa: E402
 
 SAMPLES = ROOT / "resilient_tx" / "samples"
 FOR_LOSS = "for_loss"  # FEC profile derived from the loss rate being simulated
@@ -169,7 +169,8 @@ def run_jpeg(img: np.ndarray, name: str, pair: JpegPair, cfg: channel.ChannelCon
 
 def oracle(codecs: dict[str, Codec], images: dict[str, np.ndarray]) -> list[tuple[float, float,
                                                                                   float]]:
-    """(wire bpp, PSNR, MS-SSIM) means with no loss and no FEC, per shipped rate point."""
+    """(wire bpp, PSNR, MS-SSIM) means with no loss and no FEC, per shipped rate point
+    (k-means points included: they extend the curve below the lowest trained point)."""
     pts = []
     for codec in codecs.values():
         pk = Packetizer(codec, fec.get_profile("none"))
@@ -327,14 +328,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--loss-model", choices=["bernoulli", "gilbert", "both"], default="both")
     p.add_argument("--burst", type=float, default=4.0,
                    help="mean burst length for gilbert loss (default: 4)")
-    p.add_argument("--rate", default=None, help="codec rate point (default: the lowest)")
+    p.add_argument("--rate", default=DEFAULT_RATE,
+                   help="codec rate point (default: %(default)s, the one send uses)")
     p.add_argument("--fec", nargs="+", default=["none", "light", "strong", FOR_LOSS],
                    help="FEC profiles (default: none light strong for_loss)")
     p.add_argument("--context-depth", type=int, nargs="+", default=[0, 2],
                    help="context depths (0 = full chain, c = later stages see stages 1..c "
                    "only); default: 0 2")
     p.add_argument("--max-packet", type=int, default=1200, help="packet size limit in bytes")
-    p.add_argument("--inpainters", nargs="+", default=["mim", "neighbor", "none"])
+    p.add_argument("--inpainters", nargs="+", default=["mim", "ar", "neighbor", "none"])
     p.add_argument("--no-jpeg", action="store_true", help="skip the JPEG baselines")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
@@ -351,11 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not 0 <= p < 1:
                 raise ResilientTxError(f"loss rates must be in [0, 1), got {p}")
         images = {f.stem: load_rgb(f) for f in list_images(args.images)[: args.limit or None]}
-        rates = available_rates()
-        codecs = {r: Codec(get_model(r), device) for r in rates}
-        codec = codecs[args.rate or rates[0]] if (args.rate or rates[0]) in codecs else None
-        if codec is None:
-            raise ResilientTxError(f"unknown rate {args.rate!r} (available: {', '.join(rates)})")
+        codec = Codec(get_model(args.rate), device)  # ModelNotFoundError names the choices
         inpainters = {n: get_inpainter(n, codec.model, device) for n in args.inpainters}
         configs = _channel_configs(args)
         for f in args.fec:
@@ -389,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     bar.update(1)
     bar.close()
     rows = summarise(trials)
-    oracle_pts = oracle(codecs, images)
+    oracle_pts = oracle({r: Codec(get_model(r), device) for r in available_rates()}, images)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "loss_sweep.json").write_text(json.dumps(

@@ -9,6 +9,7 @@ import pytest
 
 from resilient_tx import config as config_module
 from resilient_tx.config import (
+    ArConfig,
     ModelConfig,
     RunConfig,
     TrainConfig,
@@ -81,6 +82,14 @@ def test_only_one_section(tmp_path: Path) -> None:
     assert run.model == ModelConfig() and run.train.steps == 3
 
 
+def test_ar_section_maps_onto_ar_config(tmp_path: Path) -> None:
+    run = load_run_config(write(tmp_path, "ar:\n  window: 8\n  steps: 10\n  lr: 1e-4\n"))
+    assert run.ar == ArConfig(window=8, steps=10, lr=1e-4)
+    assert run.model == ModelConfig() and run.train == TrainConfig()
+    shipped = Path(__file__).resolve().parents[1] / "resilient_tx" / "configs" / "ar.yaml"
+    assert load_run_config(shipped).ar.steps > 0
+
+
 def test_overrides_apply_to_train(tmp_path: Path) -> None:
     run = load_run_config(write(tmp_path, "train:\n  steps: 3\n"), {"steps": 5, "seed": 2})
     assert run.train.steps == 5 and run.train.seed == 2
@@ -115,6 +124,11 @@ def test_config_is_frozen() -> None:
         ("model:\n  downsample: 32\n", "widths needs 4 entries for downsample=32"),
         ("model:\n  stages: 0\n", "stages must be >= 1"),
         ("model:\n  widths: 5\n", "model.widths: expected tuple"),
+        ("ar:\n  window: 1\n", r"ar.window must be in \[2, 64\]"),
+        ("ar:\n  dim: 10\n  heads: 4\n", "ar.dim must be a positive multiple of ar.heads"),
+        ("ar:\n  max_mask_ratio: 1.0\n", r"ar.max_mask_ratio must be in \[0, 1\)"),
+        ("ar:\n  steps: -1\n", "ar.steps must be >= 0"),
+        ("ar:\n  windoww: 8\n", r"ar: unknown key\(s\) windoww"),
     ],
 )
 def test_invalid_configs_raise_config_error(tmp_path: Path, text: str, pattern: str) -> None:

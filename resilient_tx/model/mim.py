@@ -48,7 +48,15 @@ class MaskedTokenModel(nn.Module):
         Coding needs one stage's positions at a time; running the M heads (a D x V matmul
         each) on those alone instead of the whole grid saves most of their cost.
         """
-        return self._heads(self.features(tokens, mask)[0, positions])
+        return self.heads_at(self.features(tokens, mask), positions)
+
+    def heads_at(self, features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits (n, M, V) from batch item 0 of :meth:`features` output at ``positions``.
+
+        Lets a caller that needs several stages under the same context (context depth,
+        see packetizer.py) run the trunk once and the heads per stage.
+        """
+        return self._heads(features[0, positions])
 
     def _heads(self, y: torch.Tensor) -> torch.Tensor:
         return torch.stack([head(y) for head in self.heads], dim=-2)
