@@ -72,6 +72,11 @@ def _exp_table() -> torch.Tensor:
     return torch.tensor(vals, dtype=torch.int64)
 
 
+@lru_cache(maxsize=4)
+def _exp_table_on(device: str) -> torch.Tensor:
+    return _exp_table().to(device)
+
+
 def weights_to_cdf(weights: torch.Tensor) -> torch.Tensor:
     """Non-negative int64 weights (..., L) -> int64 CDF (..., L + 1) from 0 to 2**16.
 
@@ -99,10 +104,12 @@ def logits_to_cdf(logits: torch.Tensor) -> torch.Tensor:
         raise TypeError("entropy-model logits must be float64 for cross-device determinism")
     # NaN/inf would index outside the exp table; a model that emits them still gets a
     # valid (if poor) CDF rather than a crash: NaN -> 0, +-inf -> +-1e6 nats.
-    safe = torch.nan_to_num(logits.cpu(), nan=0.0).clamp(-1e6, 1e6)
+    # Everything below is exact (rounding to the grid, then integers), so it runs where
+    # the logits are -- on a GPU that saves the copy and the CPU work -- and returns on CPU.
+    safe = torch.nan_to_num(logits, nan=0.0).clamp(-1e6, 1e6)
     z = torch.round(safe * LOGIT_GRID).to(torch.int64)
     z = (z.amax(-1, keepdim=True) - z).clamp_max(LOGIT_GRID * LOGIT_RANGE)
-    return weights_to_cdf(_exp_table()[z])
+    return weights_to_cdf(_exp_table_on(str(z.device))[z]).cpu()
 
 
 def counts_to_cdf(counts: torch.Tensor) -> torch.Tensor:
