@@ -83,16 +83,27 @@ def save_model(path: str | Path, net: PQMIM, marginals: torch.Tensor, meta: dict
     return compute_model_id(net.cfg, state, marginals)
 
 
-def load_model(path: str | Path, name: str | None = None) -> LoadedModel:
+def read_payload(path: str | Path, fmt: str, what: str) -> dict[str, Any]:
+    """The dict inside a ``torch.save`` file of format ``fmt``, loaded without pickled code.
+
+    A missing file is :class:`ModelNotFoundError`; anything else that is not such a file,
+    :class:`InputError` naming ``what`` it should have been.
+    """
     p = Path(path)
     if not p.is_file():
-        raise ModelNotFoundError(f"model file not found: {p}")
+        raise ModelNotFoundError(f"{what} not found: {p}")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises a zoo of types for bad files
-        raise InputError(f"{p}: not a resilient-tx model file ({type(exc).__name__})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError(f"{p}: not a resilient-tx model file (format {FORMAT} expected)")
+        raise InputError(f"{p}: not a {what} ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise InputError(f"{p}: not a {what} (format {fmt} expected)")
+    return payload
+
+
+def load_model(path: str | Path, name: str | None = None) -> LoadedModel:
+    p = Path(path)
+    payload = read_payload(p, FORMAT, "resilient-tx model file")
     try:
         cfg = model_config_from_dict(dict(payload["config"]))
         net = PQMIM(cfg)
@@ -138,14 +149,7 @@ def load_prior(path: str | Path, base: LoadedModel) -> LoadedPrior:
     """Load an AR prior for ``base``; a prior trained on another model's tokens is refused
     (its indices would mean different codebook entries)."""
     p = Path(path)
-    if not p.is_file():
-        raise ModelNotFoundError(f"AR prior file not found: {p}")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises a zoo of types for bad files
-        raise InputError(f"{p}: not a resilient-tx AR prior ({type(exc).__name__})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != PRIOR_FORMAT:
-        raise InputError(f"{p}: not a resilient-tx AR prior (format {PRIOR_FORMAT} expected)")
+    payload = read_payload(p, PRIOR_FORMAT, "resilient-tx AR prior file")
     try:
         base_id = bytes.fromhex(str(payload["base_model_id"]))
         m, v = int(payload["num_subvectors"]), int(payload["codebook_size"])

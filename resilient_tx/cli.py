@@ -67,11 +67,15 @@ def _train_on_tokens(args: argparse.Namespace, run, device) -> int:
     """``--only mim|ar --init MODEL``: train on the frozen tokens of an existing model."""
     import dataclasses
 
+    from .errors import InputError
     from .token_train import ArTrainer, MimFinetuner
     from .train import load_training_images
     from .zoo import get_model
 
     model = get_model(args.init)
+    if args.only == "mim" and "derived_from" in model.meta:
+        raise InputError(f"{args.init} is a k-means rate point that shares the MIM of "
+                         f"{model.meta['derived_from']}; fine-tune that one instead")
     images = load_training_images(Path(args.data))
     out = Path(args.out)
     if args.only == "mim":
@@ -152,15 +156,19 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from .zoo import DEFAULT_RATE, available_rates, get_model
 
-    print(f"{'rate':<8}{'f':>4}{'M':>4}{'raw bpp':>9}  {'model id':<18}trained")
+    print(f"{'rate':<10}{'f':>4}{'M':>4}{'V':>5}{'raw bpp':>9}  {'model id':<18}origin")
     for name in available_rates():
         m = get_model(name)
         c = m.cfg
         raw = c.raw_bits_per_token / c.downsample**2
-        steps = m.meta.get("train_steps", "?")
+        if "derived_from" in m.meta:  # k-means rate point (kmeans.py): no training of its own
+            origin = f"k-means of {m.meta['derived_from']}'s codebooks"
+        else:
+            origin = (f"trained {m.meta.get('train_steps', '?')} steps on "
+                      f"{m.meta.get('train_images', '?')} images")
         star = " (default)" if name == DEFAULT_RATE else ""
-        print(f"{name:<8}{c.downsample:>4}{c.num_subvectors:>4}{raw:>9.4f}  {m.model_id_hex:<18}"
-              f"{steps} steps on {m.meta.get('train_images', '?')} images{star}")
+        print(f"{name:<10}{c.downsample:>4}{c.num_subvectors:>4}{c.codebook_size:>5}{raw:>9.4f}  "
+              f"{m.model_id_hex:<18}{origin}{star}")
     return 0
 
 
@@ -245,9 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(demo)
     demo.set_defaults(func=_cmd_demo)
 
+    from .kmeans import add_parser as add_derive_rate_parser
     from .netcmd import add_parsers
 
     add_parsers(sub)
+    add_derive_rate_parser(sub)
     return p
 
 

@@ -6,7 +6,13 @@ would cost with marginal-only coding (the PQ-MIM paper's ablation, Sec. 4.2). JP
 WebP (Pillow) are run at the same bpp, image by image, and as quality sweeps for the
 plot. Writes ``OUT/rd.json``, ``OUT/rd.csv`` and ``OUT/rd.png`` and prints a table.
 
+The shipped rate points include the k-means points derived from each trained model
+(``low-k64`` ...; VQGAN extreme-compression paper, Sec. 2.2, see ``resilient_tx.kmeans``).
+On the plot each family (a trained model and its k-means points) is one curve with one
+marker style, running from the smallest codebook to the base model.
+
     python simulations/rd_eval.py                       # Kodak, all shipped rate points
+    python simulations/rd_eval.py --rates low low-k64 low-k16 --limit 2   # a quick look
     python simulations/rd_eval.py --images DIR --limit 4 --out out/rd_quick
     python simulations/rd_eval.py --model-files runs/low/model.pt   # an unshipped model
 """
@@ -41,6 +47,7 @@ from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
 from resilient_tx.zoo import available_rates, get_model  # noqa: E402
 
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "kodak"
+MARKERS = "sD^vo"  # one per model family on the plot
 SWEEP = {"JPEG": (1, 3, 5, 8, 12, 20, 30, 50), "WEBP": (0, 2, 5, 10, 20, 35, 50, 75)}
 
 
@@ -65,6 +72,8 @@ class ImageResult:
 @dataclass(frozen=True)
 class RateSummary:
     rate: str
+    family: str  # the trained model a k-means rate point derives from (itself for a base)
+    codebook_size: int
     model_id: str
     images: int
     bpp: float
@@ -121,7 +130,8 @@ def summarise(model: LoadedModel, rows: list[ImageResult]) -> RateSummary:
     bits = sum(r.bpp * r.width * r.height for r in rows)
     marg_bits = sum(r.marginal_bpp * r.width * r.height for r in rows)
     return RateSummary(
-        rate=model.name, model_id=model.model_id_hex, images=len(rows),
+        rate=model.name, family=str(model.meta.get("derived_from", model.name)),
+        codebook_size=model.cfg.codebook_size, model_id=model.model_id_hex, images=len(rows),
         bpp=bits / pixels, marginal_bpp=marg_bits / pixels, mim_saving=1 - bits / marg_bits,
         psnr=_mean([r.psnr for r in rows]), ms_ssim=_mean([r.ms_ssim for r in rows]),
         encode_s=_mean([r.encode_s for r in rows]), decode_s=_mean([r.decode_s for r in rows]),
@@ -163,11 +173,19 @@ def plot(summaries: list[RateSummary], curves: dict[str, list[dict[str, float]]]
             ax.plot([p["bpp"] for p in pts], [p[key] for p in pts], "o--", ms=3,
                     label=f"{fmt.title()} (Pillow)")
         ours = sorted(summaries, key=lambda s: s.bpp)
-        ax.plot([s.bpp for s in ours], [getattr(s, key) for s in ours], "s-", color="k",
-                label="resilient-tx (PQ-MIM)")
+        families = list(dict.fromkeys(s.family for s in ours))  # lowest rate first
+        for i, fam in enumerate(families):
+            pts = [s for s in ours if s.family == fam]
+            kmeans = " + k-means" if any(s.rate != fam for s in pts) else ""
+            grey = f"{0.4 * i / max(1, len(families) - 1):.2f}"  # black to dark grey
+            ax.plot([s.bpp for s in pts], [getattr(s, key) for s in pts],
+                    f"{MARKERS[i % len(MARKERS)]}-", color=grey, ms=5,
+                    label=f"resilient-tx {fam}{kmeans}")
         for s in ours:
-            ax.annotate(s.rate, (s.bpp, getattr(s, key)), textcoords="offset points",
-                        xytext=(4, -10), fontsize=8)
+            # k-means points are labelled by codebook size alone: they sit close together.
+            short = f"k{s.codebook_size}" if s.rate != s.family else s.rate
+            ax.annotate(short, (s.bpp, getattr(s, key)), textcoords="offset points",
+                        xytext=(4, -10) if short != s.rate else (-4, 6), fontsize=8)
         ax.set_xlabel("bits per pixel")
         ax.set_ylabel(label)
         ax.set_xlim(0, max(0.6, 1.3 * max(s.bpp for s in ours)))
@@ -180,13 +198,13 @@ def plot(summaries: list[RateSummary], curves: dict[str, list[dict[str, float]]]
 
 
 def print_table(summaries: list[RateSummary]) -> None:
-    hdr = (f"{'rate':<6}{'bpp':>7}{'marg bpp':>9}{'MIM save':>9}{'PSNR':>7}{'MS-SSIM':>8}"
+    hdr = (f"{'rate':<10}{'bpp':>7}{'marg bpp':>9}{'MIM save':>9}{'PSNR':>7}{'MS-SSIM':>8}"
            f"{'enc s':>7}{'dec s':>7} | {'JPEG bpp':>8}{'PSNR':>7}{'MS-SSIM':>8}{'reach':>6}"
            f" | {'WebP bpp':>8}{'PSNR':>7}{'MS-SSIM':>8}{'reach':>6}")
     print(hdr)
     print("-" * len(hdr))
     for s in summaries:
-        print(f"{s.rate:<6}{s.bpp:>7.4f}{s.marginal_bpp:>9.4f}{s.mim_saving:>8.1%} {s.psnr:>7.2f}"
+        print(f"{s.rate:<10}{s.bpp:>7.4f}{s.marginal_bpp:>9.4f}{s.mim_saving:>8.1%} {s.psnr:>7.2f}"
               f"{s.ms_ssim:>8.4f}{s.encode_s:>7.2f}{s.decode_s:>7.2f} | {s.jpeg_bpp:>8.4f}"
               f"{s.jpeg_psnr:>7.2f}{s.jpeg_ms_ssim:>8.4f}{s.jpeg_reached:>3}/{s.images:<2}"
               f" | {s.webp_bpp:>8.4f}{s.webp_psnr:>7.2f}{s.webp_ms_ssim:>8.4f}"
@@ -205,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--images", default=str(DEFAULT_IMAGES), help="folder of test images "
                    "(default: ../shared/data/kodak)")
-    p.add_argument("--rates", nargs="+", help="shipped rate points (default: all)")
+    p.add_argument("--rates", nargs="+", help="shipped rate points, k-means ones included "
+                   "(default: all; see `resilient-tx models`)")
     p.add_argument("--model-files", nargs="+", help="evaluate these model files instead")
     p.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
     p.add_argument("--out", default="out/rd", help="output folder (default: %(default)s)")

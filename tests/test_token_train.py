@@ -151,6 +151,8 @@ def test_cli_only_and_init_go_together(tmp_path: Path, images, capsys) -> None:
     assert "--init" in capsys.readouterr().err
     assert main(["train", "--data", str(data), "--init", "low"]) == 2
     assert "--only" in capsys.readouterr().err
+    assert main(["train", "--data", str(data), "--only", "mim", "--init", "low-k64"]) == 2
+    assert "shares the MIM of low" in capsys.readouterr().err
 
 
 def test_full_run_with_an_ar_section_trains_the_prior_too(tmp_path: Path, images,
