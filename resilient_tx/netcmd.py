@@ -229,7 +229,9 @@ def add_parsers(sub) -> None:
     r.add_argument("--count", type=int, help="exit after N images (default: run forever)")
     r.add_argument("--deadline", type=float, metavar="SECONDS",
                    help="give up waiting this long after an image's last packet (default: 0.5)")
-    r.add_argument("--inpainter", choices=["mim", "neighbor", "none"], help="default: mim")
+    r.add_argument("--inpainter", choices=["mim", "ar", "neighbor", "none"],
+                   help="how lost tokens are filled: mim (masked transformer, default), ar "
+                   "(autoregressive prior, sliding window; slower), neighbor, none")
     r.add_argument("--json", action="store_const", const=True, help="one JSON object per image")
     r.add_argument("--config", help="YAML file with a recv: section")
     r.add_argument("--device", help="auto|cpu|cuda (default: auto)")

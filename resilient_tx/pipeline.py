@@ -8,6 +8,7 @@ every packet carries, so one receiver serves every shipped rate point.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
@@ -15,9 +16,10 @@ import numpy as np
 import torch
 
 from . import fec
+from .checkpoint import LoadedModel
 from .codec import Codec
 from .collector import DueImage
-from .errors import InputError
+from .errors import InputError, ModelNotFoundError
 from .inpaint import Inpainter, get_inpainter
 from .packetizer import PacketizedImage, Packetizer
 from .reassembly import ReceiveReport, decode_tokens, report
@@ -81,9 +83,20 @@ class Receiver:
     def _for_model(self, model_id: bytes) -> tuple[Codec, Inpainter]:
         if model_id not in self._codecs:
             model = find_by_id(model_id)  # ModelMismatchError for an unknown sender model
-            self._codecs[model_id] = (Codec(model, self.device),
-                                      get_inpainter(self.inpainter_name, model, self.device))
+            self._codecs[model_id] = (Codec(model, self.device), self._inpainter(model))
         return self._codecs[model_id]
+
+    def _inpainter(self, model: LoadedModel) -> Inpainter:
+        """The chosen inpainter; for a rate with no AR prior (e.g. a k-means point), the
+        MIM instead of dropping the sender's images -- said once on stderr."""
+        try:
+            return get_inpainter(self.inpainter_name, model, self.device)
+        except ModelNotFoundError as exc:
+            if self.inpainter_name != "ar":
+                raise
+            print(f"resilient-tx: {exc}; images of rate {model.name} are inpainted with the "
+                  "MIM instead", file=sys.stderr)
+            return get_inpainter("mim", model, self.device)
 
     def warm_up(self) -> None:
         """Load every shipped model, its inpainter and the entropy coder now, so the first
