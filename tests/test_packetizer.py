@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from resilient_tx.demo import sample_path
 from resilient_tx.errors import InputError
 from resilient_tx.model import PQMIM
 from resilient_tx.packet import Packet
-from resilient_tx.packetizer import Packetizer
+from resilient_tx.packetizer import Packetizer, spread_stages
 
 
 def make_codec(tmp_path: Path, cfg: ModelConfig, seed: int = 0) -> Codec:
@@ -85,3 +86,18 @@ def test_bad_arguments(tmp_path, tiny_config) -> None:
         Packetizer(codec, fec.get_profile("none"), min_chunks=0)
     with pytest.raises(InputError):
         layout.assign_chunks(10, 0, 0)
+
+
+@pytest.mark.parametrize("sizes", [[3, 2, 4, 5, 6], [1, 1, 2, 4, 8], [5], [2, 9, 1]])
+def test_spread_stages_interleaves_every_stage_over_the_whole_send(sizes: list[int]) -> None:
+    groups = [[(s, i) for i in range(n)] for s, n in enumerate(sizes)]
+    order = list(spread_stages(groups))  # any objects: only the grouping matters
+    assert sorted(order) == sorted(p for g in groups for p in g)
+    for s, n in enumerate(sizes):  # each stage keeps its own order ...
+        assert [i for st, i in order if st == s] == list(range(n))
+    total = len(order)
+    for length in range(1, total + 1):  # ... and no window of the send is crowded by one
+        for start in range(total - length + 1):
+            window = order[start:start + length]
+            for s, n in enumerate(sizes):
+                assert sum(st == s for st, _ in window) <= math.ceil(length * n / total) + 1
