@@ -61,15 +61,61 @@ def compute_model_id(cfg: ModelConfig, state: dict[str, torch.Tensor],
     return h.digest()[:8]
 
 
-def save_model(path: str | Path, net: PQMIM, marginals: torch.Tensor, meta: dict[str, Any],
-               dtype: torch.dtype = torch.float16) -> bytes:
-    """Write a model file; weights are stored as ``dtype`` (fp16 halves the shipped size).
+#: Storage formats for weights. "int8": per-output-row symmetric int8 with a float16 scale
+#: for every weight matrix / conv kernel / embedding (quarter of fp32, half of fp16);
+#: norms, biases, gains and the PQ codebooks stay float16.
+WEIGHT_STORAGE = ("fp16", "fp32", "int8")
+_SCALE = "@scale"
+_INT8_MIN_NUMEL = 1024
 
-    Loading casts them back to float32 exactly, and the model id hashes the stored
-    tensors, so the encoder and decoder always run bit-identical weights.
+
+def _quantizable(name: str, v: torch.Tensor) -> bool:
+    return (v.is_floating_point() and v.ndim >= 2 and v.numel() >= _INT8_MIN_NUMEL
+            and "codebooks" not in name)
+
+
+def encode_state(state: dict[str, torch.Tensor], storage: str) -> dict[str, torch.Tensor]:
+    """The tensors a file stores for ``state`` (see :data:`WEIGHT_STORAGE`)."""
+    if storage not in WEIGHT_STORAGE:
+        raise InputError(f"weight storage must be one of {', '.join(WEIGHT_STORAGE)}")
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        if storage == "int8" and _quantizable(k, v):
+            rows = v.float().reshape(v.shape[0], -1)
+            scale = (rows.abs().amax(1, keepdim=True) / 127).clamp_min(1e-8).half()
+            q = torch.round(rows / scale.float()).clamp(-127, 127).to(torch.int8)
+            out[k], out[k + _SCALE] = q.reshape(v.shape), scale
+        elif v.is_floating_point():
+            out[k] = v.float() if storage == "fp32" else v.half()
+        else:
+            out[k] = v
+    return out
+
+
+def decode_state(stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """float32 weights from stored tensors: one float32 multiply per int8 weight, so every
+    machine loads bit-identical weights."""
+    out = {}
+    for k, v in stored.items():
+        if k.endswith(_SCALE):
+            continue
+        if k + _SCALE in stored:
+            scale = stored[k + _SCALE].float()
+            v = (v.float().reshape(v.shape[0], -1) * scale).reshape(v.shape)
+        out[k] = v.float() if v.is_floating_point() else v
+    return out
+
+
+def save_model(path: str | Path, net: PQMIM, marginals: torch.Tensor, meta: dict[str, Any],
+               storage: str = "fp16") -> bytes:
+    """Write a model file; weights are stored as ``storage`` (fp16 halves the shipped size,
+    int8 quarters it).
+
+    Loading turns them back into float32 the same way everywhere, and the model id hashes
+    the stored tensors, so the encoder and decoder always run bit-identical weights.
     """
-    state = {k: v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu()
-             for k, v in net.state_dict().items()}
+    state = encode_state(net.state_dict(), storage)
     marginals = marginals.to(torch.int64).cpu()
     payload = {
         "format": FORMAT,
@@ -107,8 +153,7 @@ def load_model(path: str | Path, name: str | None = None) -> LoadedModel:
     try:
         cfg = model_config_from_dict(dict(payload["config"]))
         net = PQMIM(cfg)
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v
-                             for k, v in payload["state_dict"].items()})
+        net.load_state_dict(decode_state(payload["state_dict"]))
         marginals = payload["marginals"].to(torch.int64)
         if tuple(marginals.shape) != (cfg.num_subvectors, cfg.codebook_size):
             raise ValueError(f"marginals have shape {tuple(marginals.shape)}")
@@ -134,10 +179,9 @@ class LoadedPrior:
 
 
 def save_prior(path: str | Path, prior: ArPrior, base_model_id: bytes, meta: dict[str, Any],
-               dtype: torch.dtype = torch.float16) -> None:
-    """Write an AR prior file bound to ``base_model_id`` (fp16 weights, like models)."""
-    state = {k: v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu()
-             for k, v in prior.state_dict().items()}
+               storage: str = "fp16") -> None:
+    """Write an AR prior file bound to ``base_model_id`` (weights as in :func:`save_model`)."""
+    state = encode_state(prior.state_dict(), storage)
     payload = {"format": PRIOR_FORMAT, "config": dataclasses.asdict(prior.cfg),
                "num_subvectors": prior.m, "codebook_size": prior.v,
                "base_model_id": base_model_id.hex(), "state_dict": state, "meta": meta}
@@ -154,8 +198,7 @@ def load_prior(path: str | Path, base: LoadedModel) -> LoadedPrior:
         base_id = bytes.fromhex(str(payload["base_model_id"]))
         m, v = int(payload["num_subvectors"]), int(payload["codebook_size"])
         net = ArPrior(ar_config_from_dict(dict(payload["config"])), m, v)
-        net.load_state_dict({k: t.float() if t.is_floating_point() else t
-                             for k, t in payload["state_dict"].items()})
+        net.load_state_dict(decode_state(payload["state_dict"]))
     except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
         raise InputError(f"{p}: damaged or incompatible AR prior ({exc})") from exc
     if base_id != base.model_id or (m, v) != (base.cfg.num_subvectors, base.cfg.codebook_size):

@@ -137,11 +137,33 @@ def test_marginals_and_config_are_part_of_id(tmp_path: Path, tiny_config: ModelC
 def test_float32_storage(tmp_path: Path, tiny_config: ModelConfig) -> None:
     net, marg = make_net(tiny_config), make_marginals(tiny_config)
     path = tmp_path / "f32.pt"
-    model_id = save_model(path, net, marg, META, dtype=torch.float32)
+    model_id = save_model(path, net, marg, META, storage="fp32")
     loaded = load_model(path)
     assert loaded.model_id == model_id
     for k, v in net.state_dict().items():
         torch.testing.assert_close(loaded.net.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+
+def test_int8_storage_quarters_the_weights_and_loads_identically(tmp_path: Path) -> None:
+    cfg = ModelConfig(widths=(16, 16, 16), latent_dim=32, num_subvectors=2, codebook_size=16,
+                      latent_blocks=1, latent_heads=2, mim_dim=32, mim_depth=1, mim_heads=2)
+    net, marg = make_net(cfg), make_marginals(cfg)
+    fp16, int8 = tmp_path / "a.pt", tmp_path / "b.pt"
+    save_model(fp16, net, marg, META)
+    model_id = save_model(int8, net, marg, META, storage="int8")
+    assert int8.stat().st_size < 0.7 * fp16.stat().st_size
+    a, b = load_model(int8), load_model(int8)
+    assert a.model_id == b.model_id == model_id != load_model(fp16).model_id
+    for k, v in net.state_dict().items():
+        got = a.net.state_dict()[k]
+        assert torch.equal(got, b.net.state_dict()[k])  # the same float32 weights every load
+        if v.is_floating_point():  # within half a quantisation step of each row's range
+            rows = v.reshape(v.shape[0], -1) if v.ndim >= 2 else v.reshape(1, -1)
+            step = rows.abs().amax(1, keepdim=True) / 127
+            err = (got.reshape(rows.shape) - rows).abs()
+            assert bool((err <= step * 0.51 + 1e-3 * rows.abs() + 1e-6).all()), k
+    with pytest.raises(InputError, match="weight storage"):
+        save_model(tmp_path / "c.pt", net, marg, META, storage="int4")
 
 
 def test_save_creates_parent_directories(tmp_path: Path, tiny_config: ModelConfig) -> None:
