@@ -88,6 +88,12 @@ class TrainConfig:
     # goes to the MIM-only phase.
     time_budget: float = 0.0
     mim_time_share: float = 0.2
+    weight_storage: str = "fp16"  # how model.pt stores weights: fp16, fp32 or int8
+
+    def __post_init__(self) -> None:
+        if self.weight_storage not in ("fp16", "fp32", "int8"):
+            raise ConfigError(f"train.weight_storage must be fp16, fp32 or int8, got "
+                              f"{self.weight_storage!r}")
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,8 @@ class MimFinetuner(_Phase):
         meta = {**self.model.meta, "finetuned_from": self.model.model_id_hex,
                 "mim_finetune_steps": self.step, "final_mim_bits": round(bits, 4)}
         path = self.out_dir / "model.pt"
-        model_id = save_model(path, self.net, self.model.marginals, meta)
+        model_id = save_model(path, self.net, self.model.marginals, meta,
+                              self.cfg.weight_storage)
         return PhaseResult(path, self.step, bits, seconds, model_id.hex())
 
 
@@ -208,7 +209,7 @@ class ArTrainer(_Phase):
 
     def __init__(self, model: LoadedModel, images: list[np.ndarray], ar: ArConfig,
                  cfg: TrainConfig, out_dir: Path, device: torch.device) -> None:
-        self.model, self.ar = model, ar
+        self.model, self.ar, self.storage = model, ar, cfg.weight_storage
         torch.manual_seed(cfg.seed)
         self.prior = ArPrior(ar, model.cfg.num_subvectors, model.cfg.codebook_size).to(device)
         super().__init__(self.prior, out_dir, ar.steps, ar.lr, ar.min_lr, ar.warmup_steps,
@@ -226,5 +227,5 @@ class ArTrainer(_Phase):
         path = self.out_dir / "ar.pt"
         save_prior(path, self.prior, self.model.model_id,
                    {"ar_steps": self.step, "final_ar_bits": round(bits, 4),
-                    "base": self.model.name})
+                    "base": self.model.name}, self.storage)
         return PhaseResult(path, self.step, bits, seconds, None)

@@ -270,7 +270,7 @@ class Trainer:
                 "train_images": len(self.images), "final_train_psnr": round(final_psnr, 3),
                 "final_mim_bits": round(mim_bits, 4)}
         path = self.out_dir / "model.pt"
-        model_id = save_model(path, self.net, marginals, meta)
+        model_id = save_model(path, self.net, marginals, meta, self.cfg.weight_storage)
         return TrainResult(path, model_id.hex(), self.step, final_psnr, mim_bits,
                            time.perf_counter() - t0)
 

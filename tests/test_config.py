@@ -124,6 +124,7 @@ def test_config_is_frozen() -> None:
         ("model:\n  downsample: 32\n", "widths needs 4 entries for downsample=32"),
         ("model:\n  stages: 0\n", "stages must be >= 1"),
         ("model:\n  widths: 5\n", "model.widths: expected tuple"),
+        ("train:\n  weight_storage: int4\n", "weight_storage must be fp16, fp32 or int8"),
         ("ar:\n  window: 1\n", r"ar.window must be in \[2, 64\]"),
         ("ar:\n  dim: 10\n  heads: 4\n", "ar.dim must be a positive multiple of ar.heads"),
         ("ar:\n  max_mask_ratio: 1.0\n", r"ar.max_mask_ratio must be in \[0, 1\)"),

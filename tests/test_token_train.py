@@ -88,6 +88,12 @@ def test_ar_trainer_writes_a_prior_bound_to_its_model(model: LoadedModel, images
                                                       tmp_path: Path) -> None:
     res = ArTrainer(model, images, AR, TRAIN, tmp_path / "ar", torch.device("cpu")).run()
     assert res.steps == 3 and math.isfinite(res.final_bits)
+    int8 = TrainConfig(**{**TRAIN.__dict__, "weight_storage": "int8"})
+    wide = ArConfig(**{**AR.__dict__, "dim": 32})  # layers big enough to be quantised
+    small = ArTrainer(model, images, wide, int8, tmp_path / "ar8", torch.device("cpu")).run()
+    stored = torch.load(small.path, weights_only=True)["state_dict"]
+    assert any(v.dtype == torch.int8 for v in stored.values())
+    assert load_prior(small.path, model).net.cfg == wide
     prior = load_prior(res.path, model)
     assert prior.base_model_id == model.model_id and prior.net.cfg == AR
     torch.manual_seed(1)
