@@ -293,7 +293,8 @@ class ArInpainter(Inpainter):
                 f"not {model.model_id_hex}")
         trained = prior.net.cfg.window
         self.window = trained if window is None else window
-        if not 2 <= self.window <= trained:
+        if isinstance(self.window, bool) or not isinstance(self.window, int) \
+                or not 2 <= self.window <= trained:
             raise InputError(f"AR window must be in [2, {trained}] (the prior's training "
                              f"window), got {self.window}")
         if decision not in DECISIONS:
@@ -333,9 +334,16 @@ INPAINTERS: dict[str, Callable[[LoadedModel, torch.device], Inpainter]] = {
 }
 
 
-def get_inpainter(name: str, model: LoadedModel,
-                  device: torch.device | str | None = None) -> Inpainter:
-    """The inpainter registered as ``name`` (see :data:`INPAINTERS`), bound to ``model``."""
+def get_inpainter(name: str, model: LoadedModel, device: torch.device | str | None = None,
+                  ar_window: int | None = None) -> Inpainter:
+    """The inpainter registered as ``name`` (see :data:`INPAINTERS`), bound to ``model``.
+
+    ``ar_window`` sets the AR prior's sliding window (tokens per side; default: the
+    prior's training window) and is ignored by the other inpainters.
+    """
     if name not in INPAINTERS:
         raise InputError(f"unknown inpainter {name!r} (one of {', '.join(sorted(INPAINTERS))})")
-    return INPAINTERS[name](model, torch.device(device) if device is not None else default_device())
+    dev = torch.device(device) if device is not None else default_device()
+    if name == "ar" and ar_window is not None:
+        return ArInpainter(model, device=dev, window=ar_window)
+    return INPAINTERS[name](model, dev)

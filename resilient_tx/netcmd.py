@@ -30,7 +30,8 @@ SEND_DEFAULTS: dict[str, Any] = {
 }
 RECV_DEFAULTS: dict[str, Any] = {
     "listen": "0.0.0.0:5004", "transport": "udp", "out_dir": "received", "count": 0,
-    "deadline": 0.5, "device": "auto", "inpainter": "mim", "json": False, "threads": 0,
+    "deadline": 0.5, "device": "auto", "inpainter": "mim", "ar_window": None, "json": False,
+    "threads": 0,
 }
 
 
@@ -186,7 +187,7 @@ def cmd_recv(args: argparse.Namespace) -> int:
     if float(args.deadline) <= 0:
         raise InputError(f"--deadline must be > 0 seconds, got {args.deadline}")
     set_threads(int(args.threads))
-    receiver = Receiver(args.inpainter, resolve_device(args.device))
+    receiver = Receiver(args.inpainter, resolve_device(args.device), args.ar_window)
     receiver.warm_up()
     asyncio.run(_recv(args, receiver))
     return 0
@@ -232,6 +233,8 @@ def add_parsers(sub) -> None:
     r.add_argument("--inpainter", choices=["mim", "ar", "neighbor", "none"],
                    help="how lost tokens are filled: mim (masked transformer, default), ar "
                    "(autoregressive prior, sliding window; slower), neighbor, none")
+    r.add_argument("--ar-window", type=int, metavar="N",
+                   help="with --inpainter ar: window of N x N tokens (default: the prior's, 16)")
     r.add_argument("--json", action="store_const", const=True, help="one JSON object per image")
     r.add_argument("--config", help="YAML file with a recv: section")
     r.add_argument("--device", help="auto|cpu|cuda (default: auto)")

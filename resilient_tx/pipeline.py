@@ -75,8 +75,10 @@ class Received:
 class Receiver:
     """Decodes collected images; codecs and inpainters are built once per model."""
 
-    def __init__(self, inpainter: str, device: torch.device) -> None:
+    def __init__(self, inpainter: str, device: torch.device,
+                 ar_window: int | None = None) -> None:
         self.inpainter_name = inpainter
+        self.ar_window = ar_window
         self.device = device
         self._codecs: dict[bytes, tuple[Codec, Inpainter]] = {}
 
@@ -90,7 +92,7 @@ class Receiver:
         """The chosen inpainter; for a rate with no AR prior (e.g. a k-means point), the
         MIM instead of dropping the sender's images -- said once on stderr."""
         try:
-            return get_inpainter(self.inpainter_name, model, self.device)
+            return get_inpainter(self.inpainter_name, model, self.device, self.ar_window)
         except ModelNotFoundError as exc:
             if self.inpainter_name != "ar":
                 raise

@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--loss", type=float, default=0.3, help="share of tokens lost")
     p.add_argument("--pattern", choices=["scattered", "rows"], default="scattered")
     p.add_argument("--inpainters", nargs="+", default=["mim", "ar", "neighbor", "none"])
+    p.add_argument("--ar-window", type=int, help="AR window, tokens per side (default: 16)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -71,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = get_model(args.rate)
         codec = Codec(model, device)
         files = list_images(args.images)[: args.limit or None]
-        fillers = {n: get_inpainter(n, model, device) for n in args.inpainters}
+        fillers = {n: get_inpainter(n, model, device, args.ar_window) for n in args.inpainters}
     except ResilientTxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

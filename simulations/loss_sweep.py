@@ -337,6 +337,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    "only); default: 0 2")
     p.add_argument("--max-packet", type=int, default=1200, help="packet size limit in bytes")
     p.add_argument("--inpainters", nargs="+", default=["mim", "ar", "neighbor", "none"])
+    p.add_argument("--ar-window", type=int, help="AR inpainter window in tokens per side "
+                   "(default: the prior's)")
     p.add_argument("--no-jpeg", action="store_true", help="skip the JPEG baselines")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
@@ -354,7 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ResilientTxError(f"loss rates must be in [0, 1), got {p}")
         images = {f.stem: load_rgb(f) for f in list_images(args.images)[: args.limit or None]}
         codec = Codec(get_model(args.rate), device)  # ModelNotFoundError names the choices
-        inpainters = {n: get_inpainter(n, codec.model, device) for n in args.inpainters}
+        inpainters = {n: get_inpainter(n, codec.model, device, args.ar_window)
+                      for n in args.inpainters}
         configs = _channel_configs(args)
         for f in args.fec:
             _profile(f, 0.1)  # unknown names fail here, before hours of work

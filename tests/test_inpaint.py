@@ -193,7 +193,7 @@ def test_ar_inpainter_arguments(tiny: LoadedModel) -> None:
     assert "ar" in INPAINTERS
     with pytest.raises(ModelNotFoundError, match="train --only ar"):
         get_inpainter("ar", tiny, "cpu")  # no prior is shipped for the tiny model
-    for window in (1, 5):
+    for window in (1, 5, "3", 2.5, True):
         with pytest.raises(InputError, match="window"):
             ArInpainter(tiny, tiny_prior(tiny, window=4), "cpu", window=window)
     with pytest.raises(InputError, match="decision"):
@@ -201,6 +201,14 @@ def test_ar_inpainter_arguments(tiny: LoadedModel) -> None:
     other = LoadedPrior(tiny_prior(tiny).net, b"\1" * 8, {})
     with pytest.raises(ModelMismatchError):
         ArInpainter(tiny, other, "cpu")
+
+
+def test_get_inpainter_passes_the_ar_window() -> None:
+    low = get_model("low")
+    inp = get_inpainter("ar", low, "cpu", ar_window=8)
+    assert isinstance(inp, ArInpainter) and inp.window == 8
+    assert get_inpainter("ar", low, "cpu").window == 16  # the shipped prior's window
+    assert isinstance(get_inpainter("mim", low, "cpu", ar_window=8), MimInpainter)
 
 
 def test_ar_fills_in_raster_order_from_the_window_before(tiny: LoadedModel) -> None:
