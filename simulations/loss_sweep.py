@@ -214,7 +214,7 @@ def summarise(trials: list[Trial]) -> list[dict]:
 def print_table(rows: list[dict], oracle_pts) -> None:
     hdr = (f"{'model':<10}{'loss':>5} {'fec':<9}{'d':>2} {'inpaint':<9}{'wire bpp':>9}{'recv':>6}"
            f"{'inpainted':>10}{'unusable':>9}{'PSNR':>7}{'min':>7}{'MS-SSIM':>8}{'oracle':>8}"
-           f"{'runs':>6}")
+           f"{'runs':>6}{'fill s':>8}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -223,13 +223,16 @@ def print_table(rows: list[dict], oracle_pts) -> None:
               f"{r['inpainter']:<9}"
               f"{r['wire_bpp']:>9.4f}{r['received_fraction']:>6.2f}{r['tokens_inpainted']:>10.2f}"
               f"{r['unusable_fraction']:>9.2f}{r['psnr']:>7.2f}{r['psnr_min']:>7.2f}"
-              f"{r['ms_ssim']:>8.4f}{o_psnr:>7.2f}{'' if inside else '*':1}{r['n']:>6}")
+              f"{r['ms_ssim']:>8.4f}{o_psnr:>7.2f}{'' if inside else '*':1}{r['n']:>6}"
+              f"{r['inpaint_s']:>8.3f}")
     print("oracle: no-loss PSNR at (1-p) x wire bpp, interpolated between the shipped rate "
           "points (* = outside them, clamped). runs: image x trial pairs averaged; JPEG+FEC "
-          "has fewer where even quality 1 plus parity exceeds our bytes")
+          "has fewer where even quality 1 plus parity exceeds our bytes. fill s: inpainting "
+          "seconds per image (mean)")
 
 
-STYLES = {"mim": "o-", "neighbor": "^-", "none": "v:", "jpeg": "s--", "jpeg+fec": "d-."}
+STYLES = {"mim": "o-", "ar": "x--", "neighbor": "^-", "none": "v:", "jpeg": "s--",
+          "jpeg+fec": "d-."}
 
 
 def plot(rows: list[dict], path: Path, want, title: str) -> None:
@@ -339,6 +342,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--inpainters", nargs="+", default=["mim", "ar", "neighbor", "none"])
     p.add_argument("--ar-window", type=int, help="AR inpainter window in tokens per side "
                    "(default: the prior's)")
+    p.add_argument("--replot", metavar="DIR", help="only redraw the plots and reprint the "
+                   "table from DIR/loss_sweep.json of an earlier run")
     p.add_argument("--no-jpeg", action="store_true", help="skip the JPEG baselines")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
@@ -346,8 +351,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def replot(out: Path) -> int:
+    """Plots and table again from a finished run, without re-running anything."""
+    try:
+        data = json.loads((out / "loss_sweep.json").read_text())
+        rows, oracle_pts = data["summary"], [tuple(p) for p in data["oracle_points"]]
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"loss_sweep: error: {out}/loss_sweep.json: {exc}", file=sys.stderr)
+        return 2
+    plot_all(rows, out)
+    print_table(rows, oracle_pts)
+    print(f"redrew {out}/loss_sweep.png and inpainters.png")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        return replot(Path(args.replot))
     try:
         set_threads(args.threads)
         device = resolve_device(args.device)
