@@ -64,14 +64,14 @@ def run_demo(args: argparse.Namespace) -> list[DemoRow]:
     rows = []
     h, w = image.shape[:2]
     print(f"{src.name}: {w}x{h}, device {device}")
-    print(f"{'rate':<6}{'bytes':>8}{'bpp':>8}{'PSNR dB':>9}{'MS-SSIM':>9}{'enc s':>7}{'dec s':>7}"
+    print(f"{'rate':<10}{'bytes':>8}{'bpp':>8}{'PSNR dB':>9}{'MS-SSIM':>9}{'enc s':>7}{'dec s':>7}"
           "  tokens")
     for name in args.rate or available_rates():
         codec = Codec(get_model(name), device)
         row, recon = _round_trip(codec, image)
         save_rgb(recon, out / f"{name}.png")
         rows.append(row)
-        print(f"{row.rate:<6}{row.num_bytes:>8}{row.bpp:>8.4f}{row.psnr:>9.2f}{row.ms_ssim:>9.4f}"
+        print(f"{row.rate:<10}{row.num_bytes:>8}{row.bpp:>8.4f}{row.psnr:>9.2f}{row.ms_ssim:>9.4f}"
               f"{row.encode_s:>7.2f}{row.decode_s:>7.2f}  "
               f"{'exact' if row.tokens_exact else 'MISMATCH'}")
     print(f"reconstructions written to {out}/")
