@@ -67,6 +67,7 @@ def _train_on_tokens(args: argparse.Namespace, run, device) -> int:
     """``--only mim|ar --init MODEL``: train on the frozen tokens of an existing model."""
     import dataclasses
 
+    from .config import read_yaml
     from .errors import InputError
     from .token_train import ArTrainer, MimFinetuner
     from .train import load_training_images
@@ -79,7 +80,10 @@ def _train_on_tokens(args: argparse.Namespace, run, device) -> int:
     images = load_training_images(Path(args.data))
     out = Path(args.out)
     if args.only == "mim":
-        phase = MimFinetuner(model, images, run.train, out, device)
+        # A model: section may only resize the MIM (a fresh one, trained from scratch).
+        raw = read_yaml(args.config, "config file") if args.config else None
+        changes = dict((raw or {}).get("model") or {}) if isinstance(raw, dict) else {}
+        phase = MimFinetuner(model, images, run.train, out, device, changes or None)
     else:
         ar = run.ar if run.ar.steps > 0 else dataclasses.replace(run.ar, steps=20000)
         phase = ArTrainer(model, images, ar, run.train, out, device)

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,9 +34,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import LoadedModel, save_model, save_prior
-from .config import ArConfig, TrainConfig
+from .config import ArConfig, TrainConfig, model_config_from_dict
 from .data import CropSampler
 from .errors import InputError
+from .model import PQMIM
 from .model.ar import ArPrior
 from .train import StepBudget, mim_loss, sample_mim_mask
 
@@ -157,15 +160,40 @@ class _Phase:
         return (sum(bits) / len(bits) if bits else float("nan")), time.perf_counter() - t0
 
 
+#: ModelConfig fields a MIM-only run may change: the entropy model's size, nothing the
+#: frozen autoencoder or the token grid depends on.
+MIM_FIELDS = ("mim_dim", "mim_depth", "mim_heads", "mim_mlp_ratio")
+
+
+def with_new_mim(model: LoadedModel, changes: dict[str, Any]) -> PQMIM:
+    """``model``'s autoencoder and codebooks with a freshly initialised MIM of another size."""
+    bad = sorted(set(changes) - set(MIM_FIELDS))
+    if bad:
+        raise InputError(f"a MIM-only run keeps the autoencoder: only {', '.join(MIM_FIELDS)} "
+                         f"may change, not {', '.join(bad)}")
+    cfg = model_config_from_dict({**dataclasses.asdict(model.cfg), **changes})  # type-checked
+    try:
+        net = PQMIM(cfg)
+    except ValueError as exc:  # e.g. mim_dim not divisible by mim_heads
+        raise InputError(f"model: {exc}") from exc
+    kept = {k: v for k, v in model.net.state_dict().items() if not k.startswith("mim.")}
+    net.load_state_dict({**net.state_dict(), **kept})
+    return net
+
+
 class MimFinetuner(_Phase):
-    """Continue training ``model``'s MIM on fresh frozen tokens (PQ-MIM paper, Sec. 3.3)."""
+    """Continue training ``model``'s MIM on fresh frozen tokens (PQ-MIM paper, Sec. 3.3),
+    or, given ``mim_changes``, train a new MIM of another size from scratch."""
 
     name = "mim"
 
     def __init__(self, model: LoadedModel, images: list[np.ndarray], cfg: TrainConfig,
-                 out_dir: Path, device: torch.device) -> None:
+                 out_dir: Path, device: torch.device,
+                 mim_changes: dict[str, Any] | None = None) -> None:
         self.model = model
-        self.net = copy.deepcopy(model.net).to(device)
+        torch.manual_seed(cfg.seed)
+        net = with_new_mim(model, mim_changes) if mim_changes else copy.deepcopy(model.net)
+        self.net = net.to(device)
         self.cfg = cfg
         super().__init__(self.net.mim, out_dir, cfg.mim_extra_steps, cfg.lr, cfg.min_lr,
                          cfg.warmup_steps, cfg.weight_decay, cfg.checkpoint_every,

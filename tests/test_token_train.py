@@ -84,6 +84,30 @@ def test_mim_finetune_changes_only_the_mim(model: LoadedModel, images, tmp_path:
     assert new.meta["finetuned_from"] == model.model_id_hex
 
 
+def test_mim_only_run_can_train_a_larger_mim(model: LoadedModel, images,
+                                             tmp_path: Path) -> None:
+    ft = MimFinetuner(model, images, TRAIN, tmp_path / "big", torch.device("cpu"),
+                      {"mim_dim": 32, "mim_depth": 2, "mim_heads": 4})
+    res = ft.run()
+    new = load_model(res.path)
+    assert (new.cfg.mim_dim, new.cfg.mim_depth, new.cfg.mim_heads) == (32, 2, 4)
+    assert new.cfg.num_subvectors == model.cfg.num_subvectors
+    old_sd = model.net.state_dict()
+    for k, v in new.net.state_dict().items():  # the autoencoder is the base's, unchanged
+        if not k.startswith("mim."):
+            assert torch.equal(v, old_sd[k]), k
+    assert torch.equal(new.marginals, model.marginals)
+    with pytest.raises(InputError, match="only mim_dim"):
+        MimFinetuner(model, images, TRAIN, tmp_path / "x", torch.device("cpu"),
+                     {"num_subvectors": 4})
+    with pytest.raises(InputError, match="divisible"):
+        MimFinetuner(model, images, TRAIN, tmp_path / "x", torch.device("cpu"),
+                     {"mim_dim": 30, "mim_heads": 4})
+    with pytest.raises(InputError, match="mim_dim"):
+        MimFinetuner(model, images, TRAIN, tmp_path / "x", torch.device("cpu"),
+                     {"mim_dim": "big"})
+
+
 def test_ar_trainer_writes_a_prior_bound_to_its_model(model: LoadedModel, images,
                                                       tmp_path: Path) -> None:
     res = ArTrainer(model, images, AR, TRAIN, tmp_path / "ar", torch.device("cpu")).run()
@@ -149,6 +173,11 @@ def test_cli_trains_ar_and_mim_on_frozen_tokens(model: LoadedModel, images, tmp_
     assert main(base + ["--only", "mim", "--out", str(tmp_path / "m")]) == 0
     assert "fine-tuned model" in capsys.readouterr().out
     assert load_model(tmp_path / "m" / "model.pt").meta["mim_finetune_steps"] == 2
+    bigger = tmp_path / "big.yaml"
+    bigger.write_text(cfg.read_text() + "model: {mim_dim: 32, mim_heads: 4}\n")
+    assert main(base[:4] + [str(bigger)] + base[5:]
+                + ["--only", "mim", "--out", str(tmp_path / "b")]) == 0
+    assert load_model(tmp_path / "b" / "model.pt").cfg.mim_dim == 32
 
 
 def test_cli_only_and_init_go_together(tmp_path: Path, images, capsys) -> None:
