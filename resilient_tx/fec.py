@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache, lru_cache
 from itertools import pairwise
 from pathlib import Path
@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import reedsolo
 
+from . import uep
 from .config import read_yaml
 from .errors import ConfigError, FecError, InputError
 from .packet import DEFAULT_MAX_PACKET, max_payload
@@ -239,6 +240,10 @@ class FecProfile:
     Protection must be unequal in the right direction: stage 1 conditions everything,
     so ``overhead`` and ``min_parity`` may not grow and ``targets`` may not shrink with
     the stage number.
+
+    With a ``distortion`` model and ``loss_rate`` > 0 the profile plans all stages of an
+    image together (:meth:`plan`, :func:`uep.allocate`): the rules above are then only a
+    floor, and the parity is what minimises the expected quality lost at that loss rate.
     """
 
     name: str
@@ -246,6 +251,7 @@ class FecProfile:
     min_parity: tuple[int, ...] = (0,)
     loss_rate: float = 0.0
     targets: tuple[float, ...] = (1.0,)
+    distortion: uep.DistortionModel | None = None
 
     def __post_init__(self) -> None:
         _check_stage_tuple(self.name, "overhead", self.overhead,
@@ -272,8 +278,16 @@ class FecProfile:
         return min(wanted, MAX_CODEWORD - k)
 
     def parities(self, ks: Sequence[int]) -> tuple[int, ...]:
-        """Parity per stage for stage sizes ``ks`` (stage 1 first)."""
+        """Parity per stage by the rules alone, for stage sizes ``ks`` (stage 1 first)."""
         return tuple(self.parity(s, k) for s, k in enumerate(ks, start=1))
+
+    def plan(self, stages: Sequence[uep.StageShape]) -> tuple[int, ...]:
+        """Parity per stage for one image's stages: the rules, or the expected-quality
+        optimum above them when the profile has a distortion model and a loss rate."""
+        floor = self.parities([st.k for st in stages])
+        if self.distortion is None or self.loss_rate == 0:
+            return floor
+        return uep.allocate(stages, self.loss_rate, self.distortion, floor)
 
 
 def loss_parity(k: int, p: float, target: float) -> int:
@@ -295,19 +309,19 @@ def _binomial_tail(n: int, p: float, m: int) -> float:
     return math.fsum(math.comb(n, i) * p**i * q ** (n - i) for i in range(m + 1, n + 1))
 
 
-def for_loss(p: float, targets: Sequence[float] | None = None,
+def for_loss(p: float, model: uep.DistortionModel | None = None,
              path: str | Path | None = None) -> FecProfile:
-    """Profile whose parity keeps each stage's failure probability below its target.
+    """Profile planned for loss rate ``p``: per image, the parity per stage that minimises
+    the expected gap to a loss-free picture at the same bytes (:mod:`uep`).
 
-    ``targets`` (per stage, stage 1 first, strictest first) default to the ``for_loss``
-    section of the profiles YAML. Raises :class:`InputError` unless 0 <= p < 1.
+    ``model`` defaults to the ``for_loss`` section of the profiles YAML. Raises
+    :class:`InputError` unless 0 <= p < 1.
     """
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
         raise InputError(f"target loss rate must be in [0, 1), got {p!r}")
-    if targets is None:
-        targets = _load_yaml(path)[1]
-    return FecProfile(name=f"for_loss({p:g})", loss_rate=float(p),
-                      targets=tuple(float(t) for t in targets))
+    if model is None:
+        model = _load_yaml(path)[1]
+    return FecProfile(name=f"for_loss({p:g})", loss_rate=float(p), distortion=model)
 
 
 def load_profiles(path: str | Path | None = None) -> dict[str, FecProfile]:
@@ -343,20 +357,31 @@ def _check_stage_tuple(name: str, key: str, values: tuple[Any, ...],
                           "stages condition later ones and need at least as much protection")
 
 
-def _load_yaml(path: str | Path | None) -> tuple[dict[str, FecProfile], tuple[float, ...]]:
+def _load_yaml(path: str | Path | None) -> tuple[dict[str, FecProfile], uep.DistortionModel]:
     p = Path(path) if path is not None else PROFILES_PATH
     return _parse_profiles(read_yaml(p, "FEC profile file"), p)
 
 
-def _parse_profiles(data: Any, where: Path) -> tuple[dict[str, FecProfile], tuple[float, ...]]:
+def _parse_profiles(data: Any, where: Path) -> tuple[dict[str, FecProfile],
+                                                     uep.DistortionModel]:
     if not isinstance(data, dict) or set(data) != {"profiles", "for_loss"}:
         raise ConfigError(f"{where}: expected exactly the sections 'profiles' and 'for_loss'")
     if not isinstance(data["profiles"], dict) or not data["profiles"]:
         raise ConfigError(f"{where}: 'profiles' must map names to profiles")
     profiles = {str(name): _profile(str(name), body, where)
                 for name, body in data["profiles"].items()}
-    targets = _profile("for_loss", data["for_loss"], where).targets
-    return profiles, targets
+    return profiles, _distortion(data["for_loss"], where)
+
+
+def _distortion(body: Any, where: Path) -> uep.DistortionModel:
+    known = {f.name for f in fields(uep.DistortionModel)}
+    if not isinstance(body, dict) or set(body) - known:
+        raise ConfigError(f"{where}: 'for_loss' must be a mapping with keys among "
+                          f"{', '.join(sorted(known))}")
+    try:
+        return uep.DistortionModel(**{k: _number(v) for k, v in body.items()})
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _profile(name: str, body: Any, where: Path) -> FecProfile:

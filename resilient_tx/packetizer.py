@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import entropy, fec, layout
+from . import entropy, fec, layout, uep
 from .codec import Codec
 from .errors import InputError
-from .packet import DEFAULT_MAX_PACKET, MAX_U16, Packet
+from .packet import DEFAULT_MAX_PACKET, HEADER_SIZE, MAX_U16, Packet
 
 CHUNK_HEADER = struct.Struct("<BI")  # layout seed, CRC32 of the chunk's symbols
 DEPTH_MASK = 0x07  # packet flag bits holding the context depth
@@ -124,16 +124,24 @@ class Packetizer:
     def plan_stages(self, tokens: torch.Tensor) -> tuple[StagePlan, ...]:
         m, h, w = tokens.shape
         grid = self.codec.stage_map(h, w)
-        plans = []
+        cuts, shapes = [], []
         trunk: dict[bytes, torch.Tensor] = {}  # stages sharing a context share a MIM pass
         for s, pos in enumerate(self.codec.stages(h, w), start=1):
             sym = tokens.reshape(m, -1)[:, torch.from_numpy(pos)].T.contiguous()  # (n, M)
-            hidden = grid > context_stages(s, self.context_depth)
-            cdf = self.codec.stage_cdfs(tokens, s, pos, hidden, trunk)
-            plans.append(self._plan_stage(s, sym, cdf))
-        return tuple(plans)
+            context = context_stages(s, self.context_depth)
+            cdf = self.codec.stage_cdfs(tokens, s, pos, grid > context, trunk)
+            seed, chunks = self._cut_stage(sym, cdf)
+            cuts.append((seed, chunks))
+            size = HEADER_SIZE + fec.PREFIX_SIZE + max(len(c) for c in chunks)
+            shapes.append(uep.StageShape(len(chunks), size, len(pos) / (h * w), context))
+        # Parity is planned for all stages at once: a loss-rate profile weighs them together.
+        parity = self.profile.plan(shapes)
+        return tuple(StagePlan(s, len(chunks), par, seed, chunks)
+                     for s, ((seed, chunks), par) in enumerate(zip(cuts, parity, strict=True),
+                                                               start=1))
 
-    def _plan_stage(self, stage: int, sym: torch.Tensor, cdf: torch.Tensor) -> StagePlan:
+    def _cut_stage(self, sym: torch.Tensor, cdf: torch.Tensor) -> tuple[int, tuple[bytes, ...]]:
+        """(layout seed, chunk bytes) of one stage: k chunks balanced in bytes."""
         n = sym.shape[0]
         bits = entropy.code_lengths(cdf, sym).reshape(n, -1).sum(-1)
         k = max(self.min_chunks, math.ceil(bits.sum() / 8 / (0.9 * self.capacity)))
@@ -145,8 +153,7 @@ class Packetizer:
             if max(len(c) for c in chunks) <= self.capacity + CHUNK_HEADER.size or k >= n:
                 break
             k += 1
-        parity = self.profile.parity(stage, k)
-        return StagePlan(stage, k, parity, seed, chunks)
+        return seed, chunks
 
     def _stage_packets(self, plan: StagePlan, image_id: int, width: int,
                        height: int) -> list[Packet]:

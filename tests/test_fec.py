@@ -11,7 +11,7 @@ import reedsolo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resilient_tx import fec
+from resilient_tx import fec, uep
 from resilient_tx.errors import BitstreamError, ConfigError, FecError, InputError
 from resilient_tx.packet import DEFAULT_MAX_PACKET, HEADER_SIZE
 
@@ -200,28 +200,42 @@ def test_loss_parity_is_the_least_that_meets_the_target(k: int, p: float) -> Non
     assert m == 0 or binomial_tail(k + m - 1, p, m - 1) > target
 
 
-def test_for_loss_is_unequal_and_grows_with_the_loss_rate(rng: np.random.Generator) -> None:
-    ks = (4, 4, 8, 16, 32)
-    low, high = fec.for_loss(0.1).parities(ks), fec.for_loss(0.4).parities(ks)
+def test_loss_rate_targets_are_a_per_stage_rule() -> None:
+    profile = fec.FecProfile("t", loss_rate=0.3, targets=(1e-4, 1e-2))
+    assert profile.parity(1, 8) == fec.loss_parity(8, 0.3, 1e-4)
+    assert profile.parity(2, 8) == fec.loss_parity(8, 0.3, 1e-2) < profile.parity(1, 8)
+    with pytest.raises(ConfigError, match="may not decrease"):
+        fec.FecProfile("t", loss_rate=0.2, targets=(0.1, 0.01))
+
+
+def shapes(ks: tuple[int, ...], size: int = 500) -> list[uep.StageShape]:
+    return [uep.StageShape(k, size, share, s - 1 if s <= 2 else 2)
+            for s, (k, share) in enumerate(zip(ks, (1 / 16, 1 / 16, 1 / 8, 1 / 4, 1 / 2),
+                                               strict=True), start=1)]
+
+
+def test_for_loss_plans_unequal_parity_that_grows_with_the_loss_rate() -> None:
+    stages = shapes((1, 1, 2, 4, 8))
+    low, high = fec.for_loss(0.1).plan(stages), fec.for_loss(0.4).plan(stages)
     assert all(h >= lo for h, lo in zip(high, low, strict=True)) and high != low
-    assert fec.for_loss(0.0).parities(ks) == (0, 0, 0, 0, 0)
-    # Stage 1 gets at least the relative protection of stage 2 at equal k.
-    profile = fec.for_loss(0.3)
-    assert profile.parity(1, 8) >= profile.parity(2, 8) >= profile.parity(5, 8)
-    assert profile.parity(1, 8) > profile.parity(5, 8)
-    # The promise itself, by simulation: stage 1 (target 1e-4) almost never fails.
-    k, m = 8, profile.parity(1, 8)
-    losses = (rng.random((20000, k + m)) < 0.3).sum(axis=1)
-    assert np.mean(losses > m) < 1e-3
+    assert fec.for_loss(0.0).plan(stages) == (0, 0, 0, 0, 0)
+    # Stages 1 and 2 condition everything: relative to their size they get the most.
+    ratios = [m / st.k for m, st in zip(high, stages, strict=True)]
+    assert min(ratios[:2]) > max(ratios[2:])
 
 
-def test_for_loss_validates_and_accepts_targets() -> None:
-    assert fec.for_loss(0.2, targets=(0.5,)).parity(1, 10) < fec.for_loss(0.2).parity(1, 10)
+def test_a_rule_profile_plans_by_its_rules() -> None:
+    strong = fec.get_profile("strong")
+    assert strong.plan(shapes((1, 1, 2, 4, 8))) == strong.parities((1, 1, 2, 4, 8))
+
+
+def test_for_loss_validates_and_reads_its_model(tmp_path: Path) -> None:
     for bad in (-0.1, 1.0, float("nan"), "0.3"):
         with pytest.raises(InputError):
             fec.for_loss(bad)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="may not decrease"):
-        fec.for_loss(0.2, targets=(0.1, 0.01))
+    cheap = uep.DistortionModel(db_per_lost=1.0)  # losses hardly matter: less parity
+    stages = shapes((1, 1, 2, 4, 8))
+    assert sum(fec.for_loss(0.3, cheap).plan(stages)) < sum(fec.for_loss(0.3).plan(stages))
 
 
 def test_unknown_profile_lists_the_available_ones() -> None:
@@ -252,17 +266,19 @@ def test_profiles_from_a_custom_yaml(tmp_path: Path) -> None:
     good = tmp_path / "fec.yaml"
     good.write_text("profiles:\n  mine: {overhead: [1, 0.5], min_parity: [2, 1]}\n"
                     "  lossy: {loss_rate: 0.2, targets: [1e-4, 1e-2]}\n"
-                    "for_loss: {targets: [1e-3]}\n")
+                    "for_loss: {db_per_lost: 5e0, db_per_doubling: 2}\n")
     profiles = fec.load_profiles(good)
     assert profiles["mine"].parities((4, 4, 4)) == (4, 2, 2)
     assert profiles["lossy"].targets == (1e-4, 1e-2)  # '1e-4' is a string to PyYAML
-    assert fec.for_loss(0.2, path=good).targets == (1e-3,)
+    assert fec.for_loss(0.2, path=good).distortion == uep.DistortionModel(5.0, 2.0)
     bad = tmp_path / "bad.yaml"
     for text, message in [
-        ("profiles: {}\nfor_loss: {targets: [0.1]}\n", "must map names"),
+        ("profiles: {}\nfor_loss: {}\n", "must map names"),
         ("profiles: {a: {overhead: [1]}}\n", "exactly the sections"),
-        ("profiles: {a: {overhead: [1], colour: 2}}\nfor_loss: {targets: [0.1]}\n", "keys"),
-        ("profiles: {a: {overhead: [0.1, 0.2]}}\nfor_loss: {targets: [0.1]}\n", "increase"),
+        ("profiles: {a: {overhead: [1], colour: 2}}\nfor_loss: {}\n", "keys"),
+        ("profiles: {a: {overhead: [0.1, 0.2]}}\nfor_loss: {}\n", "increase"),
+        ("profiles: {a: {overhead: [1]}}\nfor_loss: {targets: [0.1]}\n", "db_per_doubling"),
+        ("profiles: {a: {overhead: [1]}}\nfor_loss: {db_per_lost: -1}\n", "positive"),
         ("profiles: [\n", "not valid YAML"),
     ]:
         bad.write_text(text)

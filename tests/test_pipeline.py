@@ -31,6 +31,6 @@ def test_other_inpainters_are_used_as_named() -> None:
 
 def test_fec_profile_names() -> None:
     assert fec_profile("strong").name == "strong"
-    assert fec_profile("for_loss:0.3").parity(1, 10) > 0
+    assert fec_profile("for_loss:0.3").loss_rate == 0.3
     with pytest.raises(InputError, match="loss rate"):
         fec_profile("for_loss:lots")

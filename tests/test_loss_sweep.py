@@ -1,0 +1,72 @@
+"""The channel-simulator sweep, simulations/loss_sweep.py (its oracle and a tiny real run)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from resilient_tx import fec
+from resilient_tx.data import load_rgb
+from resilient_tx.demo import sample_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    spec = importlib.util.spec_from_file_location("loss_sweep",
+                                                  ROOT / "simulations" / "loss_sweep.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["loss_sweep"] = mod  # its dataclasses look their module up by name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+POINTS = [(0.1, 24.0, 0.85), (0.2, 25.0, 0.90)]
+
+
+def test_oracle_interpolates_between_rate_points(sweep) -> None:
+    assert sweep.oracle_at(POINTS, 0.15) == pytest.approx((24.5, 0.875, True))
+    assert sweep.oracle_at(POINTS, 0.05) == pytest.approx((24.0, 0.85, False))
+
+
+def test_oracle_extrapolates_psnr_above_the_top_point(sweep) -> None:
+    slope = fec.for_loss(0.0).distortion.db_per_doubling
+    psnr, ms_ssim, inside = sweep.oracle_at(POINTS, 0.4)
+    assert psnr == pytest.approx(25.0 + slope) and ms_ssim == 0.90 and not inside
+
+
+def test_a_tiny_sweep_writes_every_output(sweep, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(load_rgb(sample_path())[:128, :192]).save(images / "crop.png")
+    out = tmp_path / "out"
+    rc = sweep.main(["--images", str(images), "--rates", "0.3", "--trials", "2",
+                     "--loss-model", "bernoulli", "--fec", "for_loss", "none",
+                     "--context-depth", "2", "--inpainters", "mim", "none", "--no-jpeg",
+                     "--threads", "1", "--out", str(out)])
+    assert rc == 0
+    for name in ("loss_sweep.json", "loss_sweep.csv", "loss_sweep.png", "inpainters.png",
+                 "examples.png"):
+        assert (out / name).stat().st_size > 0
+    data = json.loads((out / "loss_sweep.json").read_text())
+    rows = {(r["fec"], r["inpainter"]): r for r in data["summary"]}
+    assert set(rows) == {(f, i) for f in ("for_loss", "none") for i in ("mim", "none")}
+    # Parity costs bytes and buys tokens.
+    assert rows["for_loss", "mim"]["wire_bpp"] > rows["none", "mim"]["wire_bpp"]
+    assert rows["for_loss", "mim"]["tokens_inpainted"] <= rows["none", "mim"]["tokens_inpainted"]
+    assert len(data["trials"]) == 2 * 2 * 2
+    assert sweep.main(["--replot", str(out)]) == 0
+
+
+def test_bad_arguments_fail_cleanly(sweep, capsys: pytest.CaptureFixture[str]) -> None:
+    assert sweep.main(["--rates", "1.5", "--out", "/nonexistent"]) == 2
+    assert sweep.main(["--fec", "medium"]) == 2
+    err = capsys.readouterr().err
+    assert "loss rates must be in [0, 1)" in err and "medium" in err and "Traceback" not in err
