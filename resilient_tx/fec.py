@@ -24,6 +24,8 @@ The test suite checks the batched output against reedsolo's per-codeword output.
 Profiles (issue 3: "parity counts per stage come from a named profile in YAML"): see
 :class:`FecProfile` and ``resilient_tx/configs/fec.yaml``. Protection is unequal: stage 1
 conditions every later stage, so earlier stages get at least as much parity per chunk.
+:func:`for_loss` plans for a known loss rate instead: the parity of all of an image's
+stages is chosen together to minimise the expected quality lost (:mod:`uep`).
 """
 
 from __future__ import annotations
