@@ -205,7 +205,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--to", help="receiver HOST[:PORT] (port 5004 if omitted)")
     s.add_argument("--transport", choices=["udp", "webrtc"], help="default: udp")
     s.add_argument("--rate", help="shipped rate point (default: low)")
-    s.add_argument("--fec", help="FEC profile: none, light, strong or for_loss:P (default: light)")
+    s.add_argument("--fec", help="FEC profile: none, light, strong, or for_loss:P to plan each "
+                   "image's parity for a loss rate P (e.g. for_loss:0.3) (default: light)")
     s.add_argument("--context-depth", type=int, help="later stages are coded given the first N "
                    "stages only, so one lost stage does not take the rest (default: 2; 0 = the "
                    "paper's full chain)")
