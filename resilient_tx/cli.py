@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where to write PNGs (default: %(default)s)")
     demo.add_argument("--loss", type=float, default=0.3,
                       help="simulated packet loss for the transmission (default: %(default)s)")
-    demo.add_argument("--fec", default="light", help="FEC profile (default: %(default)s)")
+    demo.add_argument("--fec", default=None,
+                      help="FEC profile (default: for_loss:LOSS, parity planned for --loss)")
     demo.add_argument("--seed", type=int, default=1, help="loss pattern seed (default: 1)")
     _add_runtime_flags(demo)
     demo.set_defaults(func=_cmd_demo)

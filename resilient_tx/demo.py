@@ -57,6 +57,9 @@ def _round_trip(codec: Codec, image: np.ndarray) -> tuple[DemoRow, np.ndarray]:
 def run_demo(args: argparse.Namespace) -> list[DemoRow]:
     set_threads(args.threads)
     device = resolve_device(args.device)
+    from .pipeline import fec_profile
+
+    fec_profile(args.fec or f"for_loss:{args.loss:g}")  # a bad --loss/--fec fails up front
     src = Path(args.image) if args.image else sample_path()
     image = load_rgb(src)
     out = Path(args.out)
@@ -84,19 +87,20 @@ def _transmission(args: argparse.Namespace, image: np.ndarray, device, out: Path
     from .loopback import run_loopback
     from .pipeline import Receiver, Sender, SenderConfig
 
-    sender = Sender(SenderConfig(fec=args.fec), device)
+    fec = args.fec or f"for_loss:{args.loss:g}"  # the demo knows its loss rate: plan for it
+    sender = Sender(SenderConfig(fec=fec), device)
     receiver = Receiver("mim", device)
     receiver.warm_up()
     res = run_loopback(image, sender, receiver, args.loss, seed=args.seed)
     r = res.received.report
     side = np.concatenate([image, res.received.image], axis=1)
     save_rgb(side, out / "transmitted_side_by_side.png")
-    report = {**dataclasses.asdict(r), "loss": args.loss, "fec": args.fec,
+    report = {**dataclasses.asdict(r), "loss": args.loss, "fec": fec,
               "packets_dropped": res.channel.lost, "latency_s": round(res.latency_s, 3),
               "psnr": round(psnr(image, res.received.image), 2),
               "ms_ssim": round(ms_ssim(image, res.received.image), 4)}
     (out / "transmission_report.json").write_text(json.dumps(report, indent=1))
-    print(f"\nloopback UDP, {args.loss:.0%} simulated loss, FEC {args.fec}: "
+    print(f"\nloopback UDP, {args.loss:.0%} simulated loss, FEC {fec}: "
           f"{res.packets_sent} packets ({res.bytes_sent} bytes) sent, {res.channel.lost} "
           f"dropped, {r.packets_recovered} recovered by FEC, {r.tokens_inpainted}/{r.tokens} "
           f"tokens inpainted -> PSNR {report['psnr']:.2f} dB, MS-SSIM {report['ms_ssim']:.4f},"

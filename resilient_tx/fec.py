@@ -336,7 +336,7 @@ def get_profile(name: str, path: str | Path | None = None) -> FecProfile:
     profiles = load_profiles(path)
     if name not in profiles:
         raise ConfigError(f"unknown FEC profile {name!r}; available: "
-                          f"{', '.join(sorted(profiles))} (or for_loss(p) for a loss rate)")
+                          f"{', '.join(sorted(profiles))} (or for_loss:P for a loss rate P)")
     return profiles[name]
 
 

@@ -147,6 +147,15 @@ def test_help_and_models(capsys) -> None:
     assert "low" in out and "high" in out
 
 
+@pytest.mark.parametrize(("extra", "message"), [(["--loss", "1.5"], "loss rate"),
+                                                (["--fec", "medium"], "unknown FEC profile")])
+def test_demo_refuses_bad_loss_or_fec_before_any_work(tmp_path, capsys, extra, message) -> None:
+    assert main(["demo", "--out", str(tmp_path / "d"), "--rate", "low", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "d").exists()
+
+
 def test_demo_runs_on_bundled_sample(tmp_path, capsys) -> None:
     assert main(["demo", "--out", str(tmp_path), "--rate", "low"]) == 0
     out = capsys.readouterr().out
