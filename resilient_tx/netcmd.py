@@ -120,15 +120,20 @@ def _report_line(rec, due, path: Path, latency: float, as_json: bool) -> str:
     fields = {"image_id": f"{r.image_id:08x}", "width": r.width, "height": r.height,
               "sender": str(due.key[0]), "complete": rec.complete,
               "packets_sent": r.packets_sent, "packets_received": r.packets_received,
-              "packets_lost": max(0, r.packets_sent - r.packets_received),
+              # Missing at release. A complete image is released as soon as FEC can rebuild
+              # every stage, so for it these are packets not yet arrived (lost or not): only
+              # an incomplete image's missing packets are known to be lost.
+              "packets_missing": max(0, r.packets_sent - r.packets_received),
               "packets_recovered": r.packets_recovered, "tokens": r.tokens,
               "tokens_inpainted": r.tokens_inpainted, "bytes_received": r.bytes_received,
               "bytes_unusable": r.bytes_unusable, "decode_ms": round(1000 * rec.decode_s, 1),
               "latency_ms": round(1000 * latency, 1), "output": str(path)}
     if as_json:
         return json.dumps(fields)
+    missing = (f"{fields['packets_missing']} not needed" if rec.complete
+               else f"{fields['packets_missing']} lost")
     return (f"{fields['image_id']} {r.width}x{r.height} from {fields['sender']}: packets "
-            f"{r.packets_received}/{r.packets_sent} received, {fields['packets_lost']} lost, "
+            f"{r.packets_received}/{r.packets_sent} received, {missing}, "
             f"{r.packets_recovered} recovered by FEC; {r.tokens_inpainted}/{r.tokens} tokens "
             f"inpainted; {r.bytes_received} bytes ({r.bytes_unusable} unusable); latency "
             f"{fields['latency_ms']:.0f} ms -> {path}")

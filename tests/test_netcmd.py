@@ -163,3 +163,22 @@ def test_bad_fec_and_loss_options_are_one_line(capsys) -> None:
     err = capsys.readouterr().err
     assert "for_loss" in err and "mystery" in err and "Traceback" not in err
     assert len([ln for ln in err.splitlines() if ln.startswith("resilient-tx: error:")]) == 3
+
+
+@pytest.mark.parametrize(("complete", "wording"), [(True, "28 not needed"), (False, "28 lost")])
+def test_report_line_does_not_call_unneeded_packets_lost(complete: bool, wording: str) -> None:
+    from types import SimpleNamespace
+
+    from resilient_tx.netcmd import _report_line
+    from resilient_tx.reassembly import ReceiveReport
+
+    rep = ReceiveReport(image_id=0xAB, width=768, height=512, packets_sent=39,
+                        packets_received=11, packets_recovered=3, packets_rejected=0,
+                        tokens=1536, tokens_decoded=1536, tokens_inpainted=0,
+                        bytes_received=6974, bytes_unusable=0, complete_stages=5)
+    rec = SimpleNamespace(report=rep, complete=complete, decode_s=0.1)
+    due = SimpleNamespace(key=("127.0.0.1", 1, b""))
+    line = _report_line(rec, due, Path("x.png"), 0.9, as_json=False)
+    assert "11/39 received" in line and wording in line
+    fields = json.loads(_report_line(rec, due, Path("x.png"), 0.9, as_json=True))
+    assert fields["packets_missing"] == 28 and fields["complete"] is complete
