@@ -283,12 +283,26 @@ class FecProfile:
         """Parity per stage by the rules alone, for stage sizes ``ks`` (stage 1 first)."""
         return tuple(self.parity(s, k) for s, k in enumerate(ks, start=1))
 
+    @property
+    def plans_per_image(self) -> bool:
+        """True when parity (and packet size) are planned per image for a loss rate."""
+        return self.distortion is not None and self.loss_rate > 0
+
+    def score(self, stages: Sequence[uep.StageShape], parity: Sequence[int]) -> float:
+        """Expected cost of sending ``stages`` with ``parity`` (lower is better; comparable
+        across packet sizes); 0 for a rule-based profile, which does not plan."""
+        if not self.plans_per_image:
+            return 0.0
+        assert self.distortion is not None
+        return uep.score(stages, parity, self.loss_rate, self.distortion)
+
     def plan(self, stages: Sequence[uep.StageShape]) -> tuple[int, ...]:
         """Parity per stage for one image's stages: the rules, or the expected-quality
         optimum above them when the profile has a distortion model and a loss rate."""
         floor = self.parities([st.k for st in stages])
-        if self.distortion is None or self.loss_rate == 0:
+        if not self.plans_per_image:
             return floor
+        assert self.distortion is not None
         return uep.allocate(stages, self.loss_rate, self.distortion, floor)
 
 

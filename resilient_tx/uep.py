@@ -26,6 +26,11 @@ Both constants are measured, not guessed (see :class:`DistortionModel`). J is no
 (a one-chunk stage gains little from the first extra copy when the stage after it is weak),
 so :func:`allocate` runs coordinate descent with an exhaustive search per stage until no
 stage changes, from the floor the profile's rules give.
+
+Packet size. Small images have only 1-3 chunks per stage at 1200-byte packets, and RS over
+so few packets needs whole extra copies. The packetizer therefore also cuts the stages into
+1/2, 1/3 and 1/4 of the packet size and keeps the cut whose plan has the lowest
+:func:`score` (the cost on absolute bytes, so header overheads compare fairly).
 """
 
 from __future__ import annotations
@@ -108,6 +113,16 @@ def cost(stages: Sequence[StageShape], parity: Sequence[int], p: float,
     wire = sum((st.k + m) * st.packet_bytes for st, m in zip(stages, parity, strict=True))
     return (model.db_per_lost * expected_lost(stages, parity, p)
             + model.db_per_doubling * math.log2(wire / data))
+
+
+def score(stages: Sequence[StageShape], parity: Sequence[int], p: float,
+          model: DistortionModel) -> float:
+    """:func:`cost` with the rate term on absolute wire bytes, so that plans cut into
+    different packet sizes (different header overheads, different k) can be compared:
+    it differs from ``cost`` by a constant for any one cut."""
+    wire = sum((st.k + m) * st.packet_bytes for st, m in zip(stages, parity, strict=True))
+    return (model.db_per_lost * expected_lost(stages, parity, p)
+            + model.db_per_doubling * math.log2(wire))
 
 
 def allocate(stages: Sequence[StageShape], p: float, model: DistortionModel,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from resilient_tx import fec, layout
+from resilient_tx import fec, layout, uep
 from resilient_tx.checkpoint import load_model, save_model
 from resilient_tx.codec import Codec
 from resilient_tx.config import ModelConfig
@@ -18,7 +18,7 @@ from resilient_tx.demo import sample_path
 from resilient_tx.errors import InputError
 from resilient_tx.model import PQMIM
 from resilient_tx.packet import Packet
-from resilient_tx.packetizer import Packetizer, spread_stages
+from resilient_tx.packetizer import Packetizer, context_stages, spread_stages
 
 
 def make_codec(tmp_path: Path, cfg: ModelConfig, seed: int = 0) -> Codec:
@@ -101,3 +101,35 @@ def test_spread_stages_interleaves_every_stage_over_the_whole_send(sizes: list[i
             window = order[start:start + length]
             for s, n in enumerate(sizes):
                 assert sum(st == s for st, _ in window) <= math.ceil(length * n / total) + 1
+
+
+def test_a_loss_rate_profile_picks_the_cheapest_packet_size(tmp_path, tiny_config,
+                                                            image) -> None:
+    codec = make_codec(tmp_path, tiny_config)
+    profile = fec.for_loss(0.4)
+    pk = Packetizer(codec, profile, max_packet=1200, context_depth=2)
+    out = pk.packetize(image, 3)
+    assert all(p.size <= 1200 for p in out.packets)
+    assert [Packet.parse(bytes(p)) for p in out.packets] == list(out.packets)
+    chosen = max(p.size for p in out.packets)
+    # Its plan scores no worse than the same profile held to the configured size alone.
+    fixed = Packetizer(codec, profile, max_packet=1200, context_depth=2)
+    fixed._capacities = lambda: [fixed.capacity]  # type: ignore[method-assign]
+    alone = fixed.packetize(image, 3)
+
+    def score(sent) -> float:
+        m, h, w = sent.tokens.shape
+        shares = [len(pos) / (h * w) for pos in codec.stages(h, w)]
+        shapes = [uep.StageShape(st.k, max(p.size for p in sent.packets if p.stage == st.stage),
+                                 share, context_stages(st.stage, 2))
+                  for st, share in zip(sent.stages, shares, strict=True)]
+        return profile.score(shapes, [st.parity for st in sent.stages])
+
+    assert score(out) <= score(alone) + 1e-12
+    assert len(pk._capacities()) == 4 and chosen <= 1200
+
+
+def test_rule_profiles_keep_the_configured_packet_size(tmp_path, tiny_config) -> None:
+    pk = Packetizer(make_codec(tmp_path, tiny_config), fec.get_profile("strong"),
+                    max_packet=1200)
+    assert pk._capacities() == [pk.capacity]

@@ -49,6 +49,17 @@ def test_everything_arrives_everything_exact(setup) -> None:
     assert rep.complete_stages == len(out.stages)
 
 
+def test_a_planned_send_decodes_exactly_after_losses(setup) -> None:
+    codec, _ = setup
+    image = load_rgb(sample_path())[:256, :320]
+    out = Packetizer(codec, fec.for_loss(0.3), max_packet=600,
+                     context_depth=2).packetize(image, 6)
+    kept = [p for i, p in enumerate(out.packets) if i % 4 != 1]  # lose every 4th packet
+    tokens, known, _ = receive(codec, kept)
+    assert bool(known.any())
+    assert torch.equal(tokens[:, known], out.tokens[:, known])  # exact where known
+
+
 def test_fec_recovers_lost_data_packets(setup) -> None:
     codec, out = setup
     # drop one data packet of every stage that has parity: FEC must rebuild it

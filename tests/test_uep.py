@@ -103,3 +103,12 @@ def test_bad_shapes_floors_and_models_are_refused() -> None:
         uep.allocate(quincunx((1,) * 5), 0.2, uep.DistortionModel(), (1, 1))
     with pytest.raises(ConfigError, match="db_per_lost"):
         uep.DistortionModel(db_per_lost=0)
+
+
+def test_score_ranks_plans_of_one_cut_like_cost() -> None:
+    stages = quincunx((1, 1, 2, 4, 8), (200, 200, 300, 450, 600))
+    model = uep.DistortionModel()
+    a, b = (2, 2, 1, 1, 1), (4, 4, 2, 3, 5)
+    diff = uep.score(stages, a, 0.3, model) - uep.cost(stages, a, 0.3, model)
+    assert uep.score(stages, b, 0.3, model) - uep.cost(stages, b, 0.3, model) == pytest.approx(
+        diff)
