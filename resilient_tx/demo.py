@@ -59,7 +59,8 @@ def run_demo(args: argparse.Namespace) -> list[DemoRow]:
     device = resolve_device(args.device)
     from .pipeline import fec_profile
 
-    fec_profile(args.fec or f"for_loss:{args.loss:g}")  # a bad --loss/--fec fails up front
+    fec = args.fec or f"for_loss:{args.loss:g}"  # the demo knows its loss rate: plan for it
+    fec_profile(fec)  # a bad --loss/--fec fails here, before any work
     src = Path(args.image) if args.image else sample_path()
     image = load_rgb(src)
     out = Path(args.out)
@@ -78,16 +79,16 @@ def run_demo(args: argparse.Namespace) -> list[DemoRow]:
               f"{row.encode_s:>7.2f}{row.decode_s:>7.2f}  "
               f"{'exact' if row.tokens_exact else 'MISMATCH'}")
     print(f"reconstructions written to {out}/")
-    _transmission(args, image, device, out)
+    _transmission(args, fec, image, device, out)
     return rows
 
 
-def _transmission(args: argparse.Namespace, image: np.ndarray, device, out: Path) -> None:
+def _transmission(args: argparse.Namespace, fec: str, image: np.ndarray, device,
+                  out: Path) -> None:
     """Loopback UDP with simulated loss: the mission in one picture (issue 4, item 7)."""
     from .loopback import run_loopback
     from .pipeline import Receiver, Sender, SenderConfig
 
-    fec = args.fec or f"for_loss:{args.loss:g}"  # the demo knows its loss rate: plan for it
     sender = Sender(SenderConfig(fec=fec), device)
     receiver = Receiver("mim", device)
     receiver.warm_up()

@@ -336,8 +336,13 @@ def for_loss(p: float, model: uep.DistortionModel | None = None,
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
         raise InputError(f"target loss rate must be in [0, 1), got {p!r}")
     if model is None:
-        model = _load_yaml(path)[1]
+        model = distortion_model(path)
     return FecProfile(name=f"for_loss({p:g})", loss_rate=float(p), distortion=model)
+
+
+def distortion_model(path: str | Path | None = None) -> uep.DistortionModel:
+    """The ``for_loss`` section of the profiles YAML (default ``configs/fec.yaml``)."""
+    return _load_yaml(path)[1]
 
 
 def load_profiles(path: str | Path | None = None) -> dict[str, FecProfile]:

@@ -79,6 +79,11 @@ def encode_chunk(cdf: torch.Tensor, symbols: torch.Tensor, seed: int) -> bytes:
     return head + entropy.encode(cdf.reshape(-1, cdf.shape[-1]), symbols.reshape(-1))
 
 
+def _chunk_capacity(max_packet: int) -> int:
+    """Bitstream bytes one chunk may hold so that its shard fits a ``max_packet`` packet."""
+    return fec.max_chunk_size(max_packet) - CHUNK_HEADER.size
+
+
 def spread_stages(stages: list[list[Packet]]) -> tuple[Packet, ...]:
     """Send order: each stage's packets spread evenly over the whole image's transmission.
 
@@ -108,7 +113,7 @@ class Packetizer:
         self.profile = profile
         self.rate_point = rate_point
         self.max_packet = max_packet
-        self.capacity = fec.max_chunk_size(max_packet) - CHUNK_HEADER.size
+        self.capacity = _chunk_capacity(max_packet)
         if self.capacity < 16:
             raise InputError(f"max packet {max_packet} bytes leaves no room for data")
         self.min_chunks = min_chunks
@@ -160,8 +165,7 @@ class Packetizer:
             return [self.capacity]
         out = [self.capacity]
         for d in PACKET_DIVISORS[1:]:
-            cap = fec.max_chunk_size(max(self.max_packet // d, HEADER_SIZE + 1)) \
-                - CHUNK_HEADER.size
+            cap = _chunk_capacity(max(self.max_packet // d, HEADER_SIZE + 1))
             if cap >= MIN_PLANNED_CHUNK and cap not in out:
                 out.append(cap)
         return out

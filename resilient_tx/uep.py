@@ -106,28 +106,28 @@ def expected_lost(stages: Sequence[StageShape], parity: Sequence[int], p: float)
     return out
 
 
-def cost(stages: Sequence[StageShape], parity: Sequence[int], p: float,
-         model: DistortionModel) -> float:
-    """J(m): expected dB lost to inpainting plus the dB the parity bytes cost as rate."""
-    data = sum(st.k * st.packet_bytes for st in stages)
-    wire = sum((st.k + m) * st.packet_bytes for st, m in zip(stages, parity, strict=True))
-    return (model.db_per_lost * expected_lost(stages, parity, p)
-            + model.db_per_doubling * math.log2(wire / data))
-
-
 def score(stages: Sequence[StageShape], parity: Sequence[int], p: float,
           model: DistortionModel) -> float:
-    """:func:`cost` with the rate term on absolute wire bytes, so that plans cut into
-    different packet sizes (different header overheads, different k) can be compared:
-    it differs from ``cost`` by a constant for any one cut."""
+    """J(m) with the rate term on absolute wire bytes, so that plans cut into different
+    packet sizes (different header overheads, different k) can be compared; for any one
+    cut it differs from :func:`cost` by a constant, so both rank parities alike."""
     wire = sum((st.k + m) * st.packet_bytes for st, m in zip(stages, parity, strict=True))
     return (model.db_per_lost * expected_lost(stages, parity, p)
             + model.db_per_doubling * math.log2(wire))
 
 
+def cost(stages: Sequence[StageShape], parity: Sequence[int], p: float,
+         model: DistortionModel) -> float:
+    """J(m): expected dB lost to inpainting plus the dB the parity bytes cost as rate
+    (0 parity, 0 loss -> 0)."""
+    data = sum(st.k * st.packet_bytes for st in stages)
+    return score(stages, parity, p, model) - model.db_per_doubling * math.log2(data)
+
+
 def allocate(stages: Sequence[StageShape], p: float, model: DistortionModel,
              floor: Sequence[int] | None = None) -> tuple[int, ...]:
-    """Parity per stage minimising :func:`cost` at loss rate ``p``, never below ``floor``.
+    """Parity per stage minimising :func:`cost` (via :func:`score`, the same ranking
+    without the constant) at loss rate ``p``, never below ``floor``.
 
     Deterministic: the same shapes and p give the same answer on every machine (it only
     decides how many parity packets are sent; the receiver reads k and n from the packets).
@@ -145,8 +145,8 @@ def allocate(stages: Sequence[StageShape], p: float, model: DistortionModel,
         for s, st in enumerate(stages):
             top = min(MAX_CODEWORD - st.k, parity[s] + 4 * st.k + 24)
             best = min(range(lows[s], top + 1),
-                       key=lambda m, s=s: (cost(stages, [*parity[:s], m, *parity[s + 1:]],
-                                                p, model), m))
+                       key=lambda m, s=s: (score(stages, [*parity[:s], m, *parity[s + 1:]],
+                                                 p, model), m))
             if best != parity[s]:
                 parity[s], changed = best, True
         if not changed:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -210,6 +211,11 @@ def oracle(codecs: dict[str, Codec], images: dict[str, np.ndarray]) -> list[tupl
     return sorted(pts)
 
 
+@functools.cache
+def _db_per_doubling() -> float:
+    return fec.distortion_model().db_per_doubling  # read once, not once per table row
+
+
 def oracle_at(points: list[tuple[float, float, float]], bpp: float) -> tuple[float, float, bool]:
     """(PSNR, MS-SSIM, inside) of the oracle at ``bpp``: linear between the rate points.
 
@@ -221,7 +227,7 @@ def oracle_at(points: list[tuple[float, float, float]], bpp: float) -> tuple[flo
     xs = [p[0] for p in points]
     psnr = float(np.interp(bpp, xs, [p[1] for p in points]))
     if bpp > xs[-1]:
-        psnr += fec.for_loss(0.0).distortion.db_per_doubling * float(np.log2(bpp / xs[-1]))
+        psnr += _db_per_doubling() * float(np.log2(bpp / xs[-1]))
     return (psnr, float(np.interp(bpp, xs, [p[2] for p in points])),
             xs[0] <= bpp <= xs[-1])
 

@@ -37,7 +37,7 @@ def test_oracle_interpolates_between_rate_points(sweep) -> None:
 
 
 def test_oracle_extrapolates_psnr_above_the_top_point(sweep) -> None:
-    slope = fec.for_loss(0.0).distortion.db_per_doubling
+    slope = fec.distortion_model().db_per_doubling
     psnr, ms_ssim, inside = sweep.oracle_at(POINTS, 0.4)
     assert psnr == pytest.approx(25.0 + slope) and ms_ssim == 0.90 and not inside
 
