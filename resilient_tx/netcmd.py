@@ -36,7 +36,12 @@ RECV_DEFAULTS: dict[str, Any] = {
 
 
 def apply_config(args: argparse.Namespace, section: str, defaults: dict[str, Any]) -> None:
-    """Fill options left unset on the command line from the YAML file, then defaults."""
+    """Fill options left unset on the command line from the YAML file, then defaults.
+
+    A value from the file is held to the same type and choices as its flag (the parser is
+    in ``args.parser``), so ``threads: two`` is a one-line :class:`ConfigError` rather than
+    a traceback deep inside the command.
+    """
     from_file: dict[str, Any] = {}
     if getattr(args, "config", None):
         p = Path(args.config)
@@ -47,9 +52,38 @@ def apply_config(args: argparse.Namespace, section: str, defaults: dict[str, Any
         unknown = sorted(set(from_file) - set(defaults))
         if unknown:
             raise ConfigError(f"{p}: unknown {section} option(s) {', '.join(unknown)}")
+        actions = _actions(getattr(args, "parser", None))
+        from_file = {k: _checked(f"{p}: {section}.{k}", v, actions.get(k))
+                     for k, v in from_file.items()}
     for key, default in defaults.items():
         if getattr(args, key, None) is None:
-            setattr(args, key, from_file.get(key, default))
+            value = from_file.get(key)  # null in the file also means "the default"
+            setattr(args, key, default if value is None else value)
+
+
+def _actions(parser: argparse.ArgumentParser | None) -> dict[str, argparse.Action]:
+    return {} if parser is None else {a.dest: a for a in parser._actions}
+
+
+def _checked(where: str, value: Any, action: argparse.Action | None) -> Any:
+    """``value`` as its flag would have parsed it; null keeps the default behaviour."""
+    if value is None or action is None:
+        return value
+    if action.const is not None:  # a switch such as --json
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    kind = action.type or str
+    ok = (isinstance(value, str) if kind is str
+          else isinstance(value, int) and not isinstance(value, bool) if kind is int
+          else isinstance(value, (int, float)) and not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+    value = kind(value)
+    if action.choices is not None and value not in action.choices:
+        raise ConfigError(f"{where}: must be one of {', '.join(map(str, action.choices))}, "
+                          f"got {value!r}")
+    return value
 
 
 # ----------------------------------------------------------------------------- send
@@ -191,6 +225,8 @@ def cmd_recv(args: argparse.Namespace) -> int:
     apply_config(args, "recv", RECV_DEFAULTS)
     if float(args.deadline) <= 0:
         raise InputError(f"--deadline must be > 0 seconds, got {args.deadline}")
+    if int(args.count) < 0:
+        raise InputError(f"--count must be >= 0 (0 = run forever), got {args.count}")
     set_threads(int(args.threads))
     receiver = Receiver(args.inpainter, resolve_device(args.device), args.ar_window)
     receiver.warm_up()
@@ -224,7 +260,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--config", help="YAML file with a send: section")
     s.add_argument("--device", help="auto|cpu|cuda (default: auto)")
     s.add_argument("--threads", type=int, help="CPU threads (default: torch default)")
-    s.set_defaults(func=cmd_send)
+    s.set_defaults(func=cmd_send, parser=s)
 
     r = sub.add_parser("recv", help="receive images, decode what arrived, inpaint the rest",
                        description="Collect packets per image until it is complete or "
@@ -245,4 +281,4 @@ def add_parsers(sub) -> None:
     r.add_argument("--config", help="YAML file with a recv: section")
     r.add_argument("--device", help="auto|cpu|cuda (default: auto)")
     r.add_argument("--threads", type=int, help="CPU threads (default: torch default)")
-    r.set_defaults(func=cmd_recv)
+    r.set_defaults(func=cmd_recv, parser=r)

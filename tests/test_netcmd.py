@@ -90,6 +90,47 @@ def test_recv_rejects_bad_deadline(capsys) -> None:
     assert "--deadline" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("section, line, needle", [
+    ("send", "threads: two", "send.threads: expected int, got 'two'"),
+    ("send", "max_packet: 1200.5", "send.max_packet: expected int"),
+    ("send", "transport: tcp", "send.transport: must be one of udp, webrtc"),
+    ("send", "sim_loss: lots", "send.sim_loss: expected float"),
+    ("send", "rate: 3", "send.rate: expected str, got 3"),
+    ("recv", "json: 1", "recv.json: expected true or false"),
+    ("recv", "inpainter: magic", "recv.inpainter: must be one of mim, ar, neighbor, none"),
+    ("recv", "deadline: [1]", "recv.deadline: expected float"),
+])
+def test_config_values_are_checked_like_flags(tmp_path: Path, capsys, section: str,
+                                              line: str, needle: str) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"{section}:\n  {line}\n  to: 127.0.0.1\n" if section == "send"
+                   else f"{section}:\n  {line}\n")
+    argv = (["send", str(sample_path())] if section == "send" else ["recv"])
+    assert main([*argv, "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and str(cfg) in err
+    assert "Traceback" not in err
+
+
+def test_config_numbers_become_the_flags_types(tmp_path: Path) -> None:
+    from resilient_tx.cli import build_parser
+    from resilient_tx.netcmd import SEND_DEFAULTS, apply_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("send:\n  pace: 20\n  burst: 3\n  seed: null\n")
+    args = build_parser().parse_args(["send", "x.png", "--config", str(cfg)])
+    apply_config(args, "send", SEND_DEFAULTS)
+    assert args.pace == 20.0 and isinstance(args.pace, float)
+    assert args.burst == 3.0 and isinstance(args.burst, float)
+    assert args.fec == "light"  # untouched keys keep their defaults
+    assert args.seed == 0  # null in the file means "the default"
+
+
+def test_recv_rejects_negative_count(capsys) -> None:
+    assert main(["recv", "--count", "-1"]) == 2
+    assert "--count must be >= 0" in capsys.readouterr().err
+
+
 def test_example_config_documents_every_option() -> None:
     import yaml
 
