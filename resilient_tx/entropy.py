@@ -18,8 +18,11 @@ desynchronises, decoding reports :class:`ChecksumError` instead of producing a w
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
+import tempfile
+import threading
 import zlib
 from collections.abc import Iterator
 from decimal import Decimal, getcontext
@@ -38,25 +41,48 @@ LOGIT_RANGE = 24  # logits more than 24 nats below the max get the floor frequen
 _EXP_SCALE = 1 << 30
 
 
+#: Shown on stderr if importing torchac takes longer than this (its one-off C++ build).
+BUILD_NOTICE_AFTER_S = 2.0
+
+
 @contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Route fd 1 to fd 2: torchac's JIT build (ninja, compiler) prints to stdout, which
-    would corrupt machine-readable output such as ``--json`` lines."""
+def _build_output_captured() -> Iterator[None]:
+    """Hold back what torchac's JIT build prints (ninja, the compiler) on fds 1 and 2.
+
+    On stdout it would corrupt machine-readable output such as ``--json`` lines, and on
+    stderr every command would start with "ninja: no work to do.". The output is shown
+    only if the import fails; a slow import (the ~25 s first build) gets a one-line notice.
+    """
     sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    notice = threading.Timer(BUILD_NOTICE_AFTER_S, os.write, (saved[1], (
+        b"resilient-tx: building torchac's C++ backend (first use only, about 25 s)...\n"),))
+    chatter = io.StringIO()  # Python-level prints, in case sys.stdout is not fd 1
+    with tempfile.TemporaryFile() as log:
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            notice.start()
+            with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+                yield
+        except BaseException:
+            log.seek(0)
+            os.write(saved[1], log.read() + chatter.getvalue().encode())
+            raise
+        finally:
+            notice.cancel()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, old in zip((1, 2), saved, strict=True):
+                os.dup2(old, fd)
+                os.close(old)
 
 
 @lru_cache(maxsize=1)
 def _torchac() -> ModuleType:
     """Import torchac on first use (it compiles its C++ backend, ~25 s the first time)."""
-    with _stdout_to_stderr():
+    with _build_output_captured():
         import torchac
     return torchac
 
