@@ -1,0 +1,137 @@
+"""The MIM headroom probes, simulations/mim_headroom.py (checked against the real codec)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from resilient_tx import entropy
+from resilient_tx.codec import Codec
+from resilient_tx.data import load_rgb
+from resilient_tx.demo import sample_path
+from resilient_tx.metrics import psnr
+from resilient_tx.zoo import get_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def hr():
+    spec = importlib.util.spec_from_file_location("mim_headroom",
+                                                  ROOT / "simulations" / "mim_headroom.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["mim_headroom"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def codec() -> Codec:
+    return Codec(get_model("low"))
+
+
+@pytest.fixture(scope="module")
+def crop() -> np.ndarray:
+    return load_rgb(sample_path())[:192, :320]
+
+
+def test_stage_bits_add_up_to_the_coded_streams(hr, codec: Codec, crop: np.ndarray) -> None:
+    res = hr.probe_stages(codec, [crop])
+    ideal = sum(r["mim_bits"] * r["sub_indices"] for r in res["rows"])
+    coded = 8 * sum(len(st.data) for st in codec.encode(crop).stages)
+    # An arithmetic coder spends its ideal length plus a few bytes of flush per stream.
+    assert ideal <= coded <= ideal + 8 * 4 * len(res["rows"])
+    marginal = 8 * codec.marginal_only_bytes(codec.image_to_tokens(crop))
+    all_marginal = sum(r["marginal_bits"] * r["sub_indices"] for r in res["rows"])
+    assert all_marginal == pytest.approx(marginal, abs=32)
+    assert res["rows"][0]["saving"] == 0.0  # stage 1 is coded with the marginals
+    assert 0.0 < res["saving_all_stages"] < 1.0
+
+
+def test_flip_probe_plain_matches_the_mim(hr, codec: Codec, crop: np.ndarray) -> None:
+    tokens = codec.image_to_tokens(crop)
+    _, h, w = tokens.shape
+    hidden = codec.stage_map(h, w) >= 3
+    mim = codec.model.net.mim.float().eval()
+    with torch.no_grad():
+        want = torch.log_softmax(mim(tokens[None], hidden[None])[0].double(), -1)
+        got = hr._flipped_log_probs(mim, tokens, hidden, [])
+        both = hr._flipped_log_probs(mim, tokens, hidden, [0, 1])
+    assert torch.equal(got, want)
+    assert both.shape == want.shape and not torch.equal(both, want)
+    res = hr.probe_flips(codec, [crop])
+    assert res["sub_indices"] == tokens.numel() - tokens[:, codec.stage_map(h, w) == 1].numel()
+
+
+def test_conditioned_heads_start_at_the_shipped_heads_and_stay_causal(hr, codec: Codec) -> None:
+    shipped = codec.model.net.mim.heads
+    heads = hr.ConditionedHeads(shipped, codec.cfg.codebook_size, condition=True)
+    feats = torch.randn(5, shipped[0].in_features)
+    targets = torch.randint(0, codec.cfg.codebook_size, (5, len(shipped)))
+    with torch.no_grad():
+        want = torch.stack([h(feats) for h in shipped], 1)
+        assert torch.allclose(heads(feats, targets), want)
+        for e in heads.embed:
+            e.weight.normal_()
+        other = targets.clone()
+        other[:, 1:] = (other[:, 1:] + 1) % codec.cfg.codebook_size
+        a, b = heads(feats, targets), heads(feats, other)
+    assert torch.equal(a[:, :2], b[:, :2])  # q^1 and q^2 see only q^1, which is unchanged
+    assert not torch.equal(a[:, 2:], b[:, 2:])
+
+
+def test_rdoq_at_lambda_zero_is_the_codec(hr, codec: Codec, crop: np.ndarray) -> None:
+    counts = codec.model.marginals.double() + 1.0
+    marginal_bits = -(counts / counts.sum(-1, keepdim=True)).log2().float()
+    mim0, marg0, psnr0 = hr._rdoq_image(codec, crop, 0.0, marginal_bits)
+    enc = codec.encode(crop)
+    assert psnr0 == pytest.approx(psnr(crop, codec.decode(enc)), abs=1e-6)
+    coded = 8 * sum(len(st.data) for st in enc.stages)
+    assert mim0 == pytest.approx(coded, rel=0.02)
+    tokens = codec.image_to_tokens(crop)
+    assert marg0 == pytest.approx(float(marginal_bits.gather(1, tokens.reshape(
+        tokens.shape[0], -1)).sum()), rel=1e-6)
+    mim1, _, psnr1 = hr._rdoq_image(codec, crop, 0.05, marginal_bits)
+    assert mim1 < mim0 and psnr1 < psnr0  # bits bought with distortion
+
+
+def test_main_writes_json(hr, tmp_path: Path, capsys) -> None:
+    img_dir = tmp_path / "imgs"
+    img_dir.mkdir()
+    from PIL import Image
+
+    Image.fromarray(load_rgb(sample_path())[:128, :192]).save(img_dir / "a.png")
+    rc = hr.main(["--images", str(img_dir), "--probes", "stages", "rdoq", "--lambdas", "0",
+                  "--out", str(tmp_path / "o"), "--threads", "1"])
+    assert rc == 0
+    data = json.loads((tmp_path / "o" / "headroom.json").read_text())
+    assert set(data["low"]) == {"model_id", "images", "stages", "rdoq"}
+    assert data["low"]["rdoq"]["rows"][0]["lambda"] == 0
+    assert "saving" in capsys.readouterr().out
+
+
+def test_main_refuses_kodak_training_and_bad_limits(hr, tmp_path: Path, capsys) -> None:
+    kodak = tmp_path / "kodak"
+    kodak.mkdir()
+    assert hr.main(["--train-images", str(kodak), "--out", str(tmp_path)]) == 2
+    assert "Kodak" in capsys.readouterr().err
+    assert hr.main(["--limit", "-1", "--out", str(tmp_path)]) == 2
+    assert "--limit" in capsys.readouterr().err
+
+
+def test_stage_code_lengths_are_the_entropy_modules(codec: Codec, crop: np.ndarray) -> None:
+    # The probe's "as coded" claim rests on entropy.code_lengths; pin it to a real stream.
+    tokens = codec.image_to_tokens(crop)
+    _, h, w = tokens.shape
+    pos = codec.stages(h, w)[2]
+    sym = codec._stage_symbols(tokens, pos)
+    cdf = codec.stage_cdfs(tokens, 3, pos, codec.stage_map(h, w) >= 3)
+    bits = float(entropy.code_lengths(cdf, sym).sum())
+    assert bits <= 8 * len(entropy.encode(cdf, sym)) <= bits + 32
