@@ -7,26 +7,19 @@ cross-process, cross-thread-count path on every change.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_simulation
 from PIL import Image
 
 from resilient_tx.data import load_rgb
 from resilient_tx.demo import sample_path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location(
-        "determinism_check", ROOT / "simulations" / "determinism_check.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_simulation("determinism_check")
 
 
 @pytest.mark.slow

@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_simulation
 from PIL import Image
 
 from resilient_tx import fec
 from resilient_tx.data import load_rgb
 from resilient_tx.demo import sample_path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location("loss_sweep",
-                                                  ROOT / "simulations" / "loss_sweep.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["loss_sweep"] = mod  # its dataclasses look their module up by name
-    spec.loader.exec_module(mod)
-    return mod
+    return load_simulation("loss_sweep")
 
 
 POINTS = [(0.1, 24.0, 0.85), (0.2, 25.0, 0.90)]

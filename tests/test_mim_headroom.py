@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_simulation
 
 from resilient_tx import entropy
 from resilient_tx.codec import Codec
@@ -18,18 +17,10 @@ from resilient_tx.demo import sample_path
 from resilient_tx.metrics import psnr
 from resilient_tx.zoo import get_model
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def hr():
-    spec = importlib.util.spec_from_file_location("mim_headroom",
-                                                  ROOT / "simulations" / "mim_headroom.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["mim_headroom"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_simulation("mim_headroom")
 
 
 @pytest.fixture(scope="module")
