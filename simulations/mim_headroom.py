@@ -14,6 +14,10 @@ bits of marginal coding. This script measures, per rate point, on evaluation ima
     ``h + sum_{j<m} E_mj[q^j]``, starting from the shipped heads (E = 0) and trained on
     frozen trunk features of *training* images; a control retrains the heads alone, so the
     gain from the conditioning is separated from the gain from more head training.
+``nstages``
+    the whole-image saving with S = 5, 6, 7 ... quincunx stages (the paper's Fig. 9 asks the
+    same): a smaller stage 1 for the marginals and more context for the rest. The shipped
+    MIM was trained on S = 5 stage masks and U(0, 1) random ones, so it can read the others.
 ``rdoq``
     rate-distortion optimised tokens at the encoder: each sub-vector takes the entry that
     minimises lookup-space distance + lambda * bits (marginal bits for stage 1, MIM bits
@@ -50,12 +54,13 @@ from resilient_tx.data import list_images, load_rgb, to_tensor, to_uint8  # noqa
 from resilient_tx.errors import InputError, ResilientTxError  # noqa: E402
 from resilient_tx.metrics import psnr  # noqa: E402
 from resilient_tx.model import pad_to_multiple  # noqa: E402
+from resilient_tx.partition import quincunx_stages  # noqa: E402
 from resilient_tx.runtime import set_threads  # noqa: E402
 from resilient_tx.zoo import get_model  # noqa: E402
 
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "kodak"
 DEFAULT_TRAIN = ROOT.parent / "shared" / "data" / "bsds500" / "train"
-PROBES = ("stages", "flips", "subcond", "rdoq")
+PROBES = ("stages", "flips", "subcond", "nstages", "rdoq")
 LN2 = math.log(2.0)
 
 
@@ -196,6 +201,33 @@ def probe_subcond(codec: Codec, images: list[np.ndarray], train: list[np.ndarray
     return out
 
 
+# ----------------------------------------------------------------------------- nstages
+@torch.no_grad()
+def probe_nstages(codec: Codec, images: list[np.ndarray], counts: Sequence[int]) -> dict:
+    """Ideal bits with S quincunx stages: stage 1 by the marginals, the rest by the MIM."""
+    mim = codec.model.net.mim.float().eval()
+    c = codec.model.marginals.double() + 1.0
+    marginal_bits = -(c / c.sum(-1, keepdim=True)).log2()  # (M, V)
+    tokens = [codec.image_to_tokens(im) for im in images]
+    rows = []
+    for n in counts:
+        mim_bits = marg_bits = 0.0
+        for t in tokens:
+            m, h, w = t.shape
+            grid = torch.from_numpy(quincunx_stages(h, w, n)).reshape(-1)
+            flat = t.reshape(m, -1)
+            marg_bits += float(marginal_bits.gather(1, flat).sum())
+            first = grid == 1
+            mim_bits += float(marginal_bits.gather(1, flat[:, first]).sum())
+            for s in range(2, n + 1):
+                sel = grid == s
+                logits = mim(t[None], (grid >= s).reshape(1, h, w))[0].reshape(h * w, m, -1)
+                lp = torch.log_softmax(logits[sel].double(), -1)
+                mim_bits -= float(lp.gather(-1, flat[:, sel].T[..., None]).sum()) / LN2
+        rows.append({"stages": n, "saving": 1 - mim_bits / marg_bits})
+    return {"rows": rows}
+
+
 # ----------------------------------------------------------------------------- rdoq
 @torch.no_grad()
 def _rdoq_image(codec: Codec, image: np.ndarray, lam: float,
@@ -263,6 +295,9 @@ def _print(rate: str, res: dict) -> None:
         print(f"{rate} subcond: shipped {c['shipped_bits']:.4f}, heads retrained "
               f"{c['heads_retrained_bits']:.4f}, sub-index conditioned "
               f"{c['sub_index_conditioned_bits']:.4f} bits per sub-index (stages 2+)")
+    if "nstages" in res:
+        print(f"{rate} nstages: " + ", ".join(
+            f"S={r['stages']}: {100 * r['saving']:.1f} %" for r in res["nstages"]["rows"]))
     if "rdoq" in res:
         print(f"{rate} rdoq: lambda  bpp     marginal  saving  PSNR")
         for r in res["rdoq"]["rows"]:
@@ -281,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training images for the subcond heads (never Kodak)")
     p.add_argument("--train-limit", type=int, default=200, help="first N training images")
     p.add_argument("--epochs", type=int, default=4, help="subcond training epochs")
+    p.add_argument("--stage-counts", nargs="+", type=int, default=[5, 6, 7, 8],
+                   help="nstages: quincunx stage counts to try")
     p.add_argument("--lambdas", nargs="+", type=float, default=[0, 0.002, 0.005, 0.01, 0.02])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
@@ -292,6 +329,8 @@ def run(args: argparse.Namespace) -> dict:
     set_threads(args.threads)
     if args.limit < 0 or args.train_limit < 0 or args.epochs < 0:
         raise InputError("--limit, --train-limit and --epochs must be >= 0")
+    if min(args.stage_counts) < 2:
+        raise InputError("--stage-counts must all be >= 2")
     if "subcond" in args.probes and "kodak" in str(args.train_images).lower():
         raise InputError("refusing to train the subcond heads on Kodak: it is the evaluation set")
     images = _load(args.images, args.limit)
@@ -306,6 +345,8 @@ def run(args: argparse.Namespace) -> dict:
             res["flips"] = probe_flips(codec, images)
         if "subcond" in args.probes:
             res["subcond"] = probe_subcond(codec, images, train, args.epochs, args.seed)
+        if "nstages" in args.probes:
+            res["nstages"] = probe_nstages(codec, images, args.stage_counts)
         if "rdoq" in args.probes:
             res["rdoq"] = probe_rdoq(codec, images, args.lambdas)
         _print(rate, res)

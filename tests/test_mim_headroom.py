@@ -78,6 +78,14 @@ def test_conditioned_heads_start_at_the_shipped_heads_and_stay_causal(hr, codec:
     assert not torch.equal(a[:, 2:], b[:, 2:])
 
 
+def test_nstages_at_five_is_the_codec_saving(hr, codec: Codec, crop: np.ndarray) -> None:
+    # Float ideal lengths vs the coder's integer CDFs: equal to well under a tenth of a point.
+    five = hr.probe_nstages(codec, [crop], [5, 7])["rows"]
+    assert [r["stages"] for r in five] == [5, 7]
+    assert five[0]["saving"] == pytest.approx(
+        hr.probe_stages(codec, [crop])["saving_all_stages"], abs=1e-3)
+
+
 def test_rdoq_at_lambda_zero_is_the_codec(hr, codec: Codec, crop: np.ndarray) -> None:
     counts = codec.model.marginals.double() + 1.0
     marginal_bits = -(counts / counts.sum(-1, keepdim=True)).log2().float()
@@ -115,6 +123,8 @@ def test_main_refuses_kodak_training_and_bad_limits(hr, tmp_path: Path, capsys) 
     assert "Kodak" in capsys.readouterr().err
     assert hr.main(["--limit", "-1", "--out", str(tmp_path)]) == 2
     assert "--limit" in capsys.readouterr().err
+    assert hr.main(["--stage-counts", "1", "--out", str(tmp_path)]) == 2
+    assert "--stage-counts" in capsys.readouterr().err
 
 
 def test_stage_code_lengths_are_the_entropy_modules(codec: Codec, crop: np.ndarray) -> None:
