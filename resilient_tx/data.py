@@ -18,6 +18,9 @@ def load_rgb(path: str | Path) -> np.ndarray:
 
     Grayscale is replicated to three channels; alpha is composited onto white, so a
     transparent PNG looks as it does in a viewer rather than showing hidden colours.
+    16-bit grayscale is scaled to 8 bits (Pillow's own conversion clips it at 255, which
+    turns most of a 16-bit picture white). 32-bit integer and float images are taken
+    only if every value is already an 8-bit level; their range is otherwise unknown.
     """
     p = Path(path)
     if not p.is_file():
@@ -25,6 +28,8 @@ def load_rgb(path: str | Path) -> np.ndarray:
     try:
         with Image.open(p) as im:
             im.load()
+            if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+                return _gray_to_rgb8(p, im.mode, np.asarray(im))
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 rgba = im.convert("RGBA")
                 bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -37,6 +42,22 @@ def load_rgb(path: str | Path) -> np.ndarray:
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise InputError(f"{p}: empty image")
     return arr
+
+
+def _gray_to_rgb8(p: Path, mode: str, a: np.ndarray) -> np.ndarray:
+    if a.size == 0:
+        raise InputError(f"{p}: empty image")
+    if mode.startswith("I;16"):
+        gray = (a.astype(np.uint32) * 255 + 32767) // 65535  # 0..65535 -> 0..255, rounded
+    else:
+        ok = bool(np.isfinite(a).all() and a.min() >= 0 and a.max() <= 255
+                  and (a == np.round(a)).all())
+        if not ok:
+            kind = "floating-point" if mode == "F" else "32-bit integer"
+            raise InputError(f"{p}: {kind} image whose values are not 8-bit levels 0..255; "
+                             "convert it to an 8- or 16-bit image first")
+        gray = a
+    return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
 
 
 #: zlib level for PNGs written on the receiver's latency path: level 1 writes a 768x512
