@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from resilient_tx.errors import InputError
+from resilient_tx.collector import Collector
+from resilient_tx.errors import InputError, ResilientTxError
+from resilient_tx.packet import Packet
 from resilient_tx.inpaint import ArInpainter, MimInpainter, NeighborInpainter
 from resilient_tx.pipeline import Receiver, fec_profile
 from resilient_tx.zoo import get_model
@@ -34,3 +41,65 @@ def test_fec_profile_names() -> None:
     assert fec_profile("for_loss:0.3").loss_rate == 0.3
     with pytest.raises(InputError, match="loss rate"):
         fec_profile("for_loss:lots")
+
+
+# ----------------------------------------------------------------------------- fuzzing
+# "The receiver never crashes on any packet": CRC-valid packets with any header the wire
+# format can carry go through the real Collector and Receiver.finish. The only exception
+# allowed is ResilientTxError (e.g. a model this receiver does not have), which recv
+# reports as a skipped image; anything else would kill `resilient-tx recv`.
+
+_FUZZ_IMAGE_ID = 77
+
+
+@pytest.fixture(scope="module")
+def genuine() -> list[Packet]:
+    from resilient_tx.data import load_rgb
+    from resilient_tx.demo import sample_path
+    from resilient_tx.pipeline import Sender, SenderConfig
+
+    image = load_rgb(sample_path())[:40, :72]
+    sender = Sender(SenderConfig(fec="light", max_packet=120), torch.device("cpu"))
+    return list(sender.packets(image, _FUZZ_IMAGE_ID).packets)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Receiver:
+    return Receiver("mim", torch.device("cpu"))
+
+
+def _mutant(draw, p: Packet) -> Packet:
+    n = draw(st.integers(1, 12))
+    k = draw(st.integers(1, n))
+    fields = {
+        "stage": draw(st.sampled_from([p.stage, 1, 5, 6, 255])),
+        "shape": {"k": k, "n": n, "index": draw(st.integers(0, n - 1))},  # valid together
+        "width": draw(st.sampled_from([p.width, 1, 17, 200])),
+        "height": draw(st.sampled_from([p.height, 1, 33])),
+        "flags": draw(st.integers(0, 255)),
+        "rate_point": draw(st.integers(0, 255)),
+        "payload": draw(st.sampled_from([p.payload, b"", p.payload[:3]]) | st.binary(max_size=90)),
+        "model_id": draw(st.sampled_from([p.model_id, get_model("high").model_id,
+                                          get_model("low-k16").model_id, b"\x00" * 8])),
+    }
+    keep = draw(st.sets(st.sampled_from(sorted(fields)), max_size=3))
+    changes = {f: fields[f] for f in keep if f != "shape"}
+    return replace(p, **changes, **(fields["shape"] if "shape" in keep else {}))
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_receiver_never_crashes_on_crc_valid_packets(genuine, receiver, data) -> None:
+    chosen = data.draw(st.lists(st.sampled_from(genuine), max_size=len(genuine)))
+    packets = [_mutant(data.draw, p) if data.draw(st.booleans()) else p for p in chosen]
+    collector = Collector(deadline=0.1)
+    due = [d for d in (collector.feed(bytes(p), "peer", 0.0) for p in packets) if d]
+    due += collector.flush()
+    for d in due:
+        try:
+            rec = receiver.finish(d)
+        except ResilientTxError:
+            continue  # reported and skipped by recv
+        assert rec.image.shape == (d.assembler.height, d.assembler.width, 3)
+        assert rec.image.dtype == np.uint8
