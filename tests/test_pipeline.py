@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from resilient_tx.collector import Collector
 from resilient_tx.errors import InputError, ResilientTxError
-from resilient_tx.packet import Packet
 from resilient_tx.inpaint import ArInpainter, MimInpainter, NeighborInpainter
+from resilient_tx.packet import Packet
 from resilient_tx.pipeline import Receiver, fec_profile
 from resilient_tx.zoo import get_model
 
