@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from resilient_tx.checkpoint import LoadedModel, LoadedPrior
 from resilient_tx.codec import Codec
@@ -23,6 +25,7 @@ from resilient_tx.inpaint import (
     MimInpainter,
     NeighborInpainter,
     NoInpainter,
+    ar_waves,
     cosine_left,
     default_device,
     get_inpainter,
@@ -30,7 +33,7 @@ from resilient_tx.inpaint import (
 )
 from resilient_tx.metrics import psnr
 from resilient_tx.model import PQMIM
-from resilient_tx.model.ar import ArPrior
+from resilient_tx.model.ar import ArPrior, window_origin
 from resilient_tx.partition import quincunx_stages
 from resilient_tx.zoo import get_model
 
@@ -229,6 +232,50 @@ def test_ar_fills_in_raster_order_from_the_window_before(tiny: LoadedModel) -> N
         before[:, 1, 1] = v
         changed += int(not torch.equal(inp.fill(before, known)[:, 1, 2], out[:, 1, 2]))
     assert changed > 0
+
+
+def _sequential_ar_fill(inp: ArInpainter, tokens: torch.Tensor,
+                        known: torch.Tensor) -> torch.Tensor:
+    """The definition the batched fill must match: one hole at a time, raster order."""
+    out = tokens.clone()
+    _, h, w = tokens.shape
+    for p in torch.nonzero(~known.reshape(-1)).squeeze(1).tolist():
+        r, c = divmod(p, w)
+        top, left, wh, ww = window_origin(r, c, h, w, inp.window)
+        i = (r - top) * ww + (c - left)
+        win = out[None, :, top:top + wh, left:left + ww]
+        logits = inp.net(win, torch.zeros(1, wh, ww, dtype=torch.bool), length=i + 1)[0, i]
+        out[:, r, c] = logits.argmax(-1)
+    return out
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(h=st.integers(1, 9), w=st.integers(1, 9), window=st.integers(2, 6),
+       loss=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+def test_batched_ar_fill_equals_one_hole_at_a_time(tiny: LoadedModel, h: int, w: int,
+                                                   window: int, loss: float, seed: int) -> None:
+    inp = ArInpainter(tiny, tiny_prior(tiny, window=6), "cpu", window=window,
+                      decision="argmax")
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, TINY.codebook_size, (TINY.num_subvectors, h, w), generator=gen)
+    known = torch.rand(h, w, generator=gen) >= loss
+    with torch.no_grad():
+        assert torch.equal(inp.fill(tokens, known), _sequential_ar_fill(inp, tokens, known))
+
+
+def test_ar_waves_only_read_earlier_waves() -> None:
+    gen = torch.Generator().manual_seed(3)
+    known = torch.rand(12, 20, generator=gen) >= 0.4
+    waves = ar_waves(known, 6)
+    wave_of = {rc: k for k, wave in enumerate(waves) for rc in wave}
+    assert sorted(wave_of) == [tuple(p) for p in torch.nonzero(~known).tolist()]
+    for (r, c), k in wave_of.items():
+        top, left, wh, ww = window_origin(r, c, 12, 20, 6)
+        for (r2, c2), k2 in wave_of.items():
+            inside = top <= r2 < top + wh and left <= c2 < left + ww
+            if inside and (r2 - top) * ww + (c2 - left) < (r - top) * ww + (c - left):
+                assert k2 < k  # a hole it reads was filled by an earlier wave
+    assert len(waves) < len(wave_of)  # batching actually happens
 
 
 @pytest.mark.parametrize("tokens, known", [
