@@ -314,15 +314,9 @@ def loss_parity(k: int, p: float, target: float) -> int:
     returns 255 - k (the most protection GF(256) allows).
     """
     for m in range(MAX_CODEWORD - k + 1):
-        if _binomial_tail(k + m, p, m) <= target:
+        if uep.binomial_tail(k + m, p, m) <= target:
             return m
     return MAX_CODEWORD - k
-
-
-def _binomial_tail(n: int, p: float, m: int) -> float:
-    """P(X > m) for X ~ Binomial(n, p), summed exactly (n <= 255, no scipy needed)."""
-    q = 1.0 - p
-    return math.fsum(math.comb(n, i) * p**i * q ** (n - i) for i in range(m + 1, n + 1))
 
 
 def for_loss(p: float, model: uep.DistortionModel | None = None,

@@ -82,16 +82,24 @@ class StageShape:
             raise InputError(f"stage share must be in [0, 1], context >= 0: {self}")
 
 
+def tail_terms(n: int, p: float, m: int) -> list[tuple[int, float]]:
+    """(i, P(X = i)) for i = m+1 .. n, X ~ Binomial(n, p): more than m of n packets lost."""
+    q = 1.0 - p
+    return [(i, math.comb(n, i) * p**i * q ** (n - i)) for i in range(m + 1, n + 1)]
+
+
+def binomial_tail(n: int, p: float, m: int) -> float:
+    """P(X > m) for X ~ Binomial(n, p), summed exactly (n <= 255, no scipy needed)."""
+    return math.fsum(w for _, w in tail_terms(n, p, m))
+
+
 @lru_cache(maxsize=65536)
 def _loss_terms(k: int, m: int, p: float) -> tuple[float, float]:
     """(P(stage complete), expected share of its data chunks lost) for k data, m parity."""
     n = k + m
-    fail = lost = 0.0
-    for i in range(m + 1, n + 1):
-        w = math.comb(n, i) * p**i * (1 - p) ** (n - i)
-        fail += w
-        lost += w * i / n
-    return max(0.0, 1.0 - fail), lost
+    terms = tail_terms(n, p, m)
+    return (max(0.0, 1.0 - math.fsum(w for _, w in terms)),
+            math.fsum(w * i / n for i, w in terms))
 
 
 def expected_lost(stages: Sequence[StageShape], parity: Sequence[int], p: float) -> float:
