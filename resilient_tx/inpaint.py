@@ -316,22 +316,24 @@ class ArInpainter(Inpainter):
         for wave in ar_waves(known, self.window):
             # Every hole of a wave reads only known tokens and holes of earlier waves, so
             # batched passes give what filling them one by one in raster order would.
-            for group in _by_prefix_length(wave, h, w, self.window):
-                self._fill_batch(out, group, h, w)
+            origins = [window_origin(r, c, h, w, self.window) for r, c in wave]
+            wh, ww = origins[0][2], origins[0][3]  # the same for every hole of a grid
+            slots = [(r - t) * ww + (c - left)
+                     for (r, c), (t, left, _, _) in zip(wave, origins, strict=True)]
+            for group in prefix_groups(slots):
+                self._fill_batch(out, [wave[i] for i in group], [origins[i] for i in group],
+                                 [slots[i] for i in group], wh, ww)
         return out.cpu()
 
-
-    def _fill_batch(self, out: torch.Tensor, holes: list[tuple[int, int]], h: int,
-                    w: int) -> None:
+    def _fill_batch(self, out: torch.Tensor, holes: list[tuple[int, int]],
+                    origins: list[tuple[int, int, int, int]], slots: list[int], wh: int,
+                    ww: int) -> None:
         """Predict ``holes`` (none reading another) in one pass and write them into ``out``."""
-        origins = [window_origin(r, c, h, w, self.window) for r, c in holes]
-        wh, ww = origins[0][2], origins[0][3]  # the same for every hole of a grid
         wins = torch.stack([out[:, t:t + wh, left:left + ww] for t, left, _, _ in origins])
-        slots = torch.tensor([(r - t) * ww + (c - left) for (r, c), (t, left, _, _)
-                              in zip(holes, origins, strict=True)], device=self.device)
         lost = torch.zeros(len(holes), wh, ww, dtype=torch.bool, device=self.device)
-        logits = self.net(wins, lost, length=int(slots.max()) + 1)
-        logits = logits[torch.arange(len(holes), device=self.device), slots].float()
+        logits = self.net(wins, lost, length=max(slots) + 1)
+        at = torch.tensor(slots, device=self.device)
+        logits = logits[torch.arange(len(holes), device=self.device), at].float()
         if self.decision == "mean":
             idx = nearest_to_mean(torch.softmax(logits, dim=-1), self.codebooks)
         else:
@@ -346,19 +348,15 @@ class ArInpainter(Inpainter):
 PREFIX_SPREAD = 32
 
 
-def _by_prefix_length(wave: list[tuple[int, int]], h: int, w: int,
-                      window: int) -> list[list[tuple[int, int]]]:
-    def slot(rc: tuple[int, int]) -> int:
-        top, left, _, ww = window_origin(rc[0], rc[1], h, w, window)
-        return (rc[0] - top) * ww + (rc[1] - left)
-
-    groups: list[list[tuple[int, int]]] = []
+def prefix_groups(slots: list[int]) -> list[list[int]]:
+    """Indices into ``slots`` grouped for batching, shortest prefixes first."""
+    groups: list[list[int]] = []
     first = -PREFIX_SPREAD - 1
-    for rc in sorted(wave, key=slot):
-        if slot(rc) - first > PREFIX_SPREAD:
+    for i in sorted(range(len(slots)), key=slots.__getitem__):
+        if slots[i] - first > PREFIX_SPREAD:
             groups.append([])
-            first = slot(rc)
-        groups[-1].append(rc)
+            first = slots[i]
+        groups[-1].append(i)
     return groups
 
 
