@@ -72,6 +72,12 @@ def _stage_masks(codec: Codec, h: int, w: int):
             yield s, torch.from_numpy(pos), grid >= s
 
 
+def _marginal_bits(codec: Codec) -> torch.Tensor:
+    """(M, V) float64 ideal bits of each index under its sub-codebook's marginal."""
+    counts = codec.model.marginals.double() + 1.0
+    return -(counts / counts.sum(-1, keepdim=True)).log2()
+
+
 def _targets(tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return tokens.reshape(tokens.shape[0], -1)[:, pos].T  # (n, M)
 
@@ -206,8 +212,7 @@ def probe_subcond(codec: Codec, images: list[np.ndarray], train: list[np.ndarray
 def probe_nstages(codec: Codec, images: list[np.ndarray], counts: Sequence[int]) -> dict:
     """Ideal bits with S quincunx stages: stage 1 by the marginals, the rest by the MIM."""
     mim = codec.model.net.mim.float().eval()
-    c = codec.model.marginals.double() + 1.0
-    marginal_bits = -(c / c.sum(-1, keepdim=True)).log2()  # (M, V)
+    marginal_bits = _marginal_bits(codec)
     tokens = [codec.image_to_tokens(im) for im in images]
     rows = []
     for n in counts:
@@ -259,8 +264,7 @@ def _rdoq_image(codec: Codec, image: np.ndarray, lam: float,
 
 
 def probe_rdoq(codec: Codec, images: list[np.ndarray], lambdas: Sequence[float]) -> dict:
-    counts = codec.model.marginals.double() + 1.0
-    marginal_bits = -(counts / counts.sum(-1, keepdim=True)).log2().float()  # (M, V)
+    marginal_bits = _marginal_bits(codec).float()
     rows = []
     for lam in tqdm(lambdas, desc="rdoq lambdas", leave=False):
         r = np.array([_rdoq_image(codec, im, lam, marginal_bits) for im in images])

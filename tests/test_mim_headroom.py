@@ -87,8 +87,7 @@ def test_nstages_at_five_is_the_codec_saving(hr, codec: Codec, crop: np.ndarray)
 
 
 def test_rdoq_at_lambda_zero_is_the_codec(hr, codec: Codec, crop: np.ndarray) -> None:
-    counts = codec.model.marginals.double() + 1.0
-    marginal_bits = -(counts / counts.sum(-1, keepdim=True)).log2().float()
+    marginal_bits = hr._marginal_bits(codec).float()
     mim0, marg0, psnr0 = hr._rdoq_image(codec, crop, 0.0, marginal_bits)
     enc = codec.encode(crop)
     assert psnr0 == pytest.approx(psnr(crop, codec.decode(enc)), abs=1e-6)
