@@ -74,9 +74,11 @@ def _checked(where: str, value: Any, action: argparse.Action | None) -> Any:
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
     kind = action.type or str
-    ok = (isinstance(value, str) if kind is str
-          else isinstance(value, int) and not isinstance(value, bool) if kind is int
-          else isinstance(value, (int, float)) and not isinstance(value, bool))
+    if kind is str:
+        ok = isinstance(value, str)
+    else:  # int or float flags; YAML's true/false are not numbers here
+        allowed = (int,) if kind is int else (int, float)
+        ok = isinstance(value, allowed) and not isinstance(value, bool)
     if not ok:
         raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
     value = kind(value)
