@@ -5,7 +5,7 @@
 
 import sys
 
-from resilient_tx.cli import main
+from resilient_tx.app.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["recv", *sys.argv[1:]]))

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import ConfigError
+from resilient_tx.errors import ConfigError
 
 T = TypeVar("T")
 

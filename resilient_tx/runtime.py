@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import InputError
+from resilient_tx.errors import InputError
 
 DEVICES = ("auto", "cpu", "cuda")
 

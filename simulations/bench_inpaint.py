@@ -27,13 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from resilient_tx.codec import Codec  # noqa: E402
-from resilient_tx.data import list_images, load_rgb  # noqa: E402
+from resilient_tx.codec.image_codec import Codec  # noqa: E402
+from resilient_tx.codec.inpaint import get_inpainter  # noqa: E402
 from resilient_tx.errors import ResilientTxError  # noqa: E402
-from resilient_tx.inpaint import get_inpainter  # noqa: E402
-from resilient_tx.metrics import psnr  # noqa: E402
+from resilient_tx.eval.metrics import psnr  # noqa: E402
+from resilient_tx.images import list_images, load_rgb  # noqa: E402
 from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
-from resilient_tx.zoo import get_model  # noqa: E402
+from resilient_tx.zoo.registry import get_model  # noqa: E402
 
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "kodak"
 

@@ -27,16 +27,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from resilient_tx.channel import ChannelConfig, transmit  # noqa: E402
-from resilient_tx.data import load_rgb  # noqa: E402
-from resilient_tx.demo import sample_path  # noqa: E402
-from resilient_tx.pipeline import Sender, SenderConfig  # noqa: E402
+from resilient_tx.app.demo import sample_path  # noqa: E402
+from resilient_tx.images import load_rgb  # noqa: E402
+from resilient_tx.resilience.endpoint import Sender, SenderConfig  # noqa: E402
 from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
 from resilient_tx.transport import open_sender  # noqa: E402
+from resilient_tx.transport.channel import ChannelConfig, transmit  # noqa: E402
 
 
 def _start_receiver(args: argparse.Namespace, count: int, out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "resilient_tx.cli", "recv", "--listen",
+    cmd = [sys.executable, "-m", "resilient_tx.app.cli", "recv", "--listen",
            f"127.0.0.1:{args.port}", "--transport", args.transport, "--count", str(count),
            "--out-dir", str(out), "--json", "--device", args.device,
            "--threads", str(args.threads), "--deadline", str(args.deadline)]

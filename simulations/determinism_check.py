@@ -28,12 +28,12 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from resilient_tx.codec import Codec  # noqa: E402
-from resilient_tx.container import EncodedImage  # noqa: E402
-from resilient_tx.data import list_images, load_rgb  # noqa: E402
+from resilient_tx.codec.container import EncodedImage  # noqa: E402
+from resilient_tx.codec.image_codec import Codec  # noqa: E402
 from resilient_tx.errors import ResilientTxError  # noqa: E402
+from resilient_tx.images import list_images, load_rgb  # noqa: E402
 from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
-from resilient_tx.zoo import available_rates, get_model  # noqa: E402
+from resilient_tx.zoo.registry import available_rates, get_model  # noqa: E402
 
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "kodak"
 

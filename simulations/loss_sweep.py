@@ -2,7 +2,7 @@
 
 Every image is encoded and packetized once per FEC profile, sent through the seeded
 channel simulator at each loss rate and trial, received by the real receiver
-(:mod:`resilient_tx.reassembly`: exact tokens only), and completed by each inpainter.
+(:mod:`resilient_tx.resilience.reassembly`: exact tokens only), and completed by each inpainter.
 The oracle is the same codec with no loss at (1 - p) x the bytes on the wire, read off
 the no-loss rate-distortion points of the shipped rate points (linear in bpp; flagged
 when outside their range).
@@ -39,16 +39,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from resilient_tx import channel, fec, jpeg_baseline, metrics  # noqa: E402
-from resilient_tx.codec import Codec  # noqa: E402
-from resilient_tx.data import list_images, load_rgb  # noqa: E402
+from resilient_tx.codec.image_codec import Codec  # noqa: E402
+from resilient_tx.codec.inpaint import get_inpainter  # noqa: E402
 from resilient_tx.errors import ResilientTxError  # noqa: E402
-from resilient_tx.inpaint import get_inpainter  # noqa: E402
-from resilient_tx.packet import Packet  # noqa: E402
-from resilient_tx.packetizer import PacketizedImage, Packetizer  # noqa: E402
-from resilient_tx.reassembly import ImageAssembler, decode_tokens, report  # noqa: E402
+from resilient_tx.eval import jpeg_baseline, metrics  # noqa: E402
+from resilient_tx.images import list_images, load_rgb  # noqa: E402
+from resilient_tx.resilience import fec  # noqa: E402
+from resilient_tx.resilience.packet import Packet  # noqa: E402
+from resilient_tx.resilience.packetizer import PacketizedImage, Packetizer  # noqa: E402
+from resilient_tx.resilience.reassembly import ImageAssembler, decode_tokens, report  # noqa: E402
 from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
-from resilient_tx.zoo import DEFAULT_RATE, available_rates, get_model  # noqa: E402
+from resilient_tx.transport import channel  # noqa: E402
+from resilient_tx.zoo.registry import DEFAULT_RATE, available_rates, get_model  # noqa: E402
 
 SAMPLES = ROOT / "resilient_tx" / "samples"
 FOR_LOSS = "for_loss"  # FEC profile derived from the loss rate being simulated

@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from resilient_tx import kmeans  # noqa: E402
 from resilient_tx.errors import InputError, ResilientTxError  # noqa: E402
 from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
-from resilient_tx.zoo import derived_dir, get_model  # noqa: E402
+from resilient_tx.training import kmeans  # noqa: E402
+from resilient_tx.zoo.registry import derived_dir, get_model  # noqa: E402
 
 #: base rate -> codebook sizes to derive. More k per base cost no extra encoder passes, but
 #: every shipped point adds to receiver warm-up and to sweeps over ``available_rates()``.

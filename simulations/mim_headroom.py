@@ -48,15 +48,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from resilient_tx import entropy  # noqa: E402
-from resilient_tx.codec import Codec  # noqa: E402
-from resilient_tx.data import list_images, load_rgb, to_tensor, to_uint8  # noqa: E402
+from resilient_tx.codec import entropy  # noqa: E402
+from resilient_tx.codec.image_codec import Codec  # noqa: E402
+from resilient_tx.codec.partition import quincunx_stages  # noqa: E402
 from resilient_tx.errors import InputError, ResilientTxError  # noqa: E402
-from resilient_tx.metrics import psnr  # noqa: E402
+from resilient_tx.eval.metrics import psnr  # noqa: E402
+from resilient_tx.images import list_images, load_rgb, to_tensor, to_uint8  # noqa: E402
 from resilient_tx.model import pad_to_multiple  # noqa: E402
-from resilient_tx.partition import quincunx_stages  # noqa: E402
 from resilient_tx.runtime import set_threads  # noqa: E402
-from resilient_tx.zoo import get_model  # noqa: E402
+from resilient_tx.zoo.registry import get_model  # noqa: E402
 
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "kodak"
 DEFAULT_TRAIN = ROOT.parent / "shared" / "data" / "bsds500" / "train"

@@ -7,7 +7,7 @@ WebP (Pillow) are run at the same bpp, image by image, and as quality sweeps for
 plot. Writes ``OUT/rd.json``, ``OUT/rd.csv`` and ``OUT/rd.png`` and prints a table.
 
 The shipped rate points include the k-means points derived from each trained model
-(``low-k64`` ...; VQGAN extreme-compression paper, Sec. 2.2, see ``resilient_tx.kmeans``).
+(``low-k64`` ...; VQGAN extreme-compression paper, Sec. 2.2, see ``resilient_tx.training.kmeans``).
 On the plot each family (a trained model and its k-means points) is one curve with one
 marker style, running from the smallest codebook to the base model.
 
@@ -37,14 +37,14 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from resilient_tx import metrics  # noqa: E402
-from resilient_tx.checkpoint import LoadedModel, load_model  # noqa: E402
-from resilient_tx.codec import Codec  # noqa: E402
-from resilient_tx.container import EncodedImage  # noqa: E402
-from resilient_tx.data import list_images, load_rgb  # noqa: E402
+from resilient_tx.codec.container import EncodedImage  # noqa: E402
+from resilient_tx.codec.image_codec import Codec  # noqa: E402
 from resilient_tx.errors import ResilientTxError  # noqa: E402
+from resilient_tx.eval import metrics  # noqa: E402
+from resilient_tx.images import list_images, load_rgb  # noqa: E402
 from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
-from resilient_tx.zoo import available_rates, get_model  # noqa: E402
+from resilient_tx.zoo.checkpoint import LoadedModel, load_model  # noqa: E402
+from resilient_tx.zoo.registry import available_rates, get_model  # noqa: E402
 
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "kodak"
 MARKERS = "sD^vo"  # one per model family on the plot

@@ -1,4 +1,4 @@
-"""The seeded channel simulator (resilient_tx.channel)."""
+"""The seeded channel simulator (resilient_tx.transport.channel)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from resilient_tx.channel import (
+from resilient_tx.errors import InputError, PacketError
+from resilient_tx.resilience.packet import Packet
+from resilient_tx.transport.channel import (
     ChannelConfig,
     ChannelStats,
     burst_lengths,
     loss_pattern,
     transmit,
 )
-from resilient_tx.errors import InputError, PacketError
-from resilient_tx.packet import Packet
 
 SEED = 20240611
 LONG = 400_000  # packets per long run: ~20k bursts, so means are tight

@@ -1,4 +1,4 @@
-"""Model files and model ids (resilient_tx.checkpoint)."""
+"""Model files and model ids (resilient_tx.zoo.checkpoint)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from resilient_tx.checkpoint import FORMAT, LoadedModel, compute_model_id, load_model, save_model
 from resilient_tx.config import ModelConfig
 from resilient_tx.errors import InputError, ModelNotFoundError, ResilientTxError
 from resilient_tx.model import PQMIM
+from resilient_tx.zoo.checkpoint import (
+    FORMAT,
+    LoadedModel,
+    compute_model_id,
+    load_model,
+    save_model,
+)
 
 META = {"steps": 3, "dataset": "unit-test", "psnr": 21.5}
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from resilient_tx.checkpoint import save_model
-from resilient_tx.cli import main
+from resilient_tx.app.cli import main
+from resilient_tx.app.demo import sample_path
 from resilient_tx.config import ModelConfig
-from resilient_tx.data import load_rgb
-from resilient_tx.demo import sample_path
-from resilient_tx.metrics import psnr
+from resilient_tx.eval.metrics import psnr
+from resilient_tx.images import load_rgb
 from resilient_tx.model import PQMIM
+from resilient_tx.zoo.checkpoint import save_model
 
 TINY = ModelConfig(widths=(8, 8, 8), latent_dim=16, num_subvectors=2, codebook_size=16,
                    latent_blocks=1, latent_heads=2, mim_dim=16, mim_depth=1, mim_heads=2)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from resilient_tx import fec
-from resilient_tx.collector import Collector
-from resilient_tx.data import load_rgb
-from resilient_tx.demo import sample_path
-from resilient_tx.packetizer import PacketizedImage, Packetizer
+from resilient_tx.app.demo import sample_path
+from resilient_tx.images import load_rgb
+from resilient_tx.resilience import fec
+from resilient_tx.resilience.collector import Collector
+from resilient_tx.resilience.packetizer import PacketizedImage, Packetizer
 from tests.test_packetizer import make_codec
 
 
@@ -62,7 +62,7 @@ def test_open_images_are_bounded(sent) -> None:
 
 
 def test_oversized_images_are_refused(sent) -> None:
-    from resilient_tx.packet import Packet
+    from resilient_tx.resilience.packet import Packet
 
     big = Packet(**{**sent.packets[0].__dict__, "width": 60000, "height": 60000})
     col = Collector()

@@ -1,4 +1,4 @@
-"""The .rtx container (resilient_tx.container)."""
+"""The .rtx container (resilient_tx.codec.container)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilient_tx.container import MAGIC, MAX_SIDE, VERSION, EncodedImage, StageStream
+from resilient_tx.codec.container import MAGIC, MAX_SIDE, VERSION, EncodedImage, StageStream
 from resilient_tx.errors import BitstreamError
 
 HEAD_SIZE = 4 + 1 + 1 + 8 + 4 + 4 + 1  # magic, version, flags, model id, width, height, stages

@@ -1,4 +1,4 @@
-"""Image loading (resilient_tx.data.load_rgb): every mode becomes honest 8-bit RGB."""
+"""Image loading (resilient_tx.images.load_rgb): every mode becomes honest 8-bit RGB."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resilient_tx.data import load_rgb
 from resilient_tx.errors import InputError
+from resilient_tx.images import load_rgb
 
 
 def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import pytest
 from conftest import load_simulation
 from PIL import Image
 
-from resilient_tx.data import load_rgb
-from resilient_tx.demo import sample_path
+from resilient_tx.app.demo import sample_path
+from resilient_tx.images import load_rgb
 
 
 def _load_script():

@@ -1,4 +1,4 @@
-"""Integer CDFs and torchac coding (resilient_tx.entropy)."""
+"""Integer CDFs and torchac coding (resilient_tx.codec.entropy)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from resilient_tx import entropy as E
+from resilient_tx.codec import entropy as E
 from resilient_tx.errors import BitstreamError, ChecksumError
 
 TOTAL = 1 << 16

@@ -1,4 +1,4 @@
-"""Reed-Solomon erasure coding across a stage's chunks, and the FEC profiles (resilient_tx.fec)."""
+"""Reed-Solomon erasure coding across a stage's chunks, and the FEC profiles."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import reedsolo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resilient_tx import fec, uep
 from resilient_tx.errors import BitstreamError, ConfigError, FecError, InputError
-from resilient_tx.packet import DEFAULT_MAX_PACKET, HEADER_SIZE
+from resilient_tx.resilience import fec, uep
+from resilient_tx.resilience.packet import DEFAULT_MAX_PACKET, HEADER_SIZE
 
 EXAMPLES = settings(max_examples=100, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -12,13 +12,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resilient_tx.checkpoint import LoadedModel, LoadedPrior
-from resilient_tx.codec import Codec
-from resilient_tx.config import ArConfig, ModelConfig
-from resilient_tx.data import load_rgb
-from resilient_tx.demo import sample_path
-from resilient_tx.errors import InputError, ModelMismatchError, ModelNotFoundError
-from resilient_tx.inpaint import (
+from resilient_tx.app.demo import sample_path
+from resilient_tx.codec.image_codec import Codec
+from resilient_tx.codec.inpaint import (
     INPAINTERS,
     ArInpainter,
     Inpainter,
@@ -31,11 +27,15 @@ from resilient_tx.inpaint import (
     get_inpainter,
     nearest_known,
 )
-from resilient_tx.metrics import psnr
+from resilient_tx.codec.partition import quincunx_stages
+from resilient_tx.config import ArConfig, ModelConfig
+from resilient_tx.errors import InputError, ModelMismatchError, ModelNotFoundError
+from resilient_tx.eval.metrics import psnr
+from resilient_tx.images import load_rgb
 from resilient_tx.model import PQMIM
 from resilient_tx.model.ar import ArPrior, window_origin
-from resilient_tx.partition import quincunx_stages
-from resilient_tx.zoo import get_model
+from resilient_tx.zoo.checkpoint import LoadedModel, LoadedPrior
+from resilient_tx.zoo.registry import get_model
 
 TINY = ModelConfig(widths=(8, 8, 8), latent_dim=16, num_subvectors=2, codebook_size=16,
                    latent_blocks=1, latent_heads=2, mim_dim=16, mim_depth=1, mim_heads=2)

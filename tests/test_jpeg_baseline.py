@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resilient_tx import jpeg_baseline as jb
-from resilient_tx.channel import ChannelConfig
-from resilient_tx.data import load_rgb
-from resilient_tx.demo import sample_path
+from resilient_tx.app.demo import sample_path
 from resilient_tx.errors import InputError
-from resilient_tx.packet import HEADER_SIZE, Packet
+from resilient_tx.eval import jpeg_baseline as jb
+from resilient_tx.images import load_rgb
+from resilient_tx.resilience.packet import HEADER_SIZE, Packet
+from resilient_tx.transport.channel import ChannelConfig
 
 MAX_PACKET = 300  # small packets: many of them from a small crop
 

@@ -1,4 +1,4 @@
-"""K-means rate points (VQGAN extreme-compression paper, Sec. 2.2): ``resilient_tx.kmeans``."""
+"""K-means rate points (VQGAN extreme-compression paper, Sec. 2.2)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from resilient_tx.cli import main
-from resilient_tx.codec import Codec
-from resilient_tx.container import EncodedImage
-from resilient_tx.data import load_rgb, save_rgb
-from resilient_tx.demo import sample_path
+from resilient_tx.app.cli import main
+from resilient_tx.app.demo import sample_path
+from resilient_tx.codec.container import EncodedImage
+from resilient_tx.codec.image_codec import Codec
+from resilient_tx.codec.inpaint import get_inpainter
 from resilient_tx.errors import InputError, ModelMismatchError, ModelNotFoundError
-from resilient_tx.inpaint import get_inpainter
-from resilient_tx.kmeans import (
+from resilient_tx.eval.metrics import psnr
+from resilient_tx.images import load_rgb, save_rgb
+from resilient_tx.model.mim import MaskedTokenModel
+from resilient_tx.training.kmeans import (
     DERIVED_FORMAT,
     DerivedPQMIM,
     DerivedRatePoint,
@@ -30,9 +32,7 @@ from resilient_tx.kmeans import (
     save_derived,
     spherical_kmeans,
 )
-from resilient_tx.metrics import psnr
-from resilient_tx.model.mim import MaskedTokenModel
-from resilient_tx.zoo import available_rates, derived_dir, find_by_id, get_model
+from resilient_tx.zoo.registry import available_rates, derived_dir, find_by_id, get_model
 
 SHIPPED = ("low-k128", "low-k64", "low-k32", "low-k16")
 # Measured 2026-11-26 on the 128x160 crop below (smooth background of kodim23): low 36.2 dB,
@@ -320,8 +320,8 @@ def test_cli_derive_rate_refuses_kodak(tmp_path, crop, capsys) -> None:
 
 @pytest.mark.network
 def test_send_recv_loopback_on_a_derived_point(crop) -> None:
-    from resilient_tx.loopback import run_loopback
-    from resilient_tx.pipeline import Receiver, Sender, SenderConfig
+    from resilient_tx.app.loopback import run_loopback
+    from resilient_tx.resilience.endpoint import Receiver, Sender, SenderConfig
 
     res = run_loopback(crop, Sender(SenderConfig(rate="low-k16"), torch.device("cpu")),
                        Receiver("neighbor", torch.device("cpu")), loss=0.0)
@@ -340,7 +340,7 @@ def test_derived_file_without_base_refused(tmp_path, base) -> None:
 
 def test_stale_derived_point_is_skipped_not_fatal(tmp_path, monkeypatch, base) -> None:
     """After a base is retrained, its old derived files must not break the other rates."""
-    from resilient_tx import zoo
+    from resilient_tx.zoo import registry as zoo
 
     models = tmp_path / "models"
     (models / "derived").mkdir(parents=True)

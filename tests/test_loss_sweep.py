@@ -9,9 +9,9 @@ import pytest
 from conftest import load_simulation
 from PIL import Image
 
-from resilient_tx import fec
-from resilient_tx.data import load_rgb
-from resilient_tx.demo import sample_path
+from resilient_tx.app.demo import sample_path
+from resilient_tx.images import load_rgb
+from resilient_tx.resilience import fec
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import load_simulation
 
-from resilient_tx import entropy
-from resilient_tx.codec import Codec
-from resilient_tx.data import load_rgb
-from resilient_tx.demo import sample_path
-from resilient_tx.metrics import psnr
-from resilient_tx.zoo import get_model
+from resilient_tx.app.demo import sample_path
+from resilient_tx.codec import entropy
+from resilient_tx.codec.image_codec import Codec
+from resilient_tx.eval.metrics import psnr
+from resilient_tx.images import load_rgb
+from resilient_tx.zoo.registry import get_model
 
 
 @pytest.fixture(scope="module")

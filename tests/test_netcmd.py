@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from resilient_tx.cli import main
-from resilient_tx.data import load_rgb
-from resilient_tx.demo import sample_path
-from resilient_tx.metrics import psnr
+from resilient_tx.app.cli import main
+from resilient_tx.app.demo import sample_path
+from resilient_tx.eval.metrics import psnr
+from resilient_tx.images import load_rgb
 from resilient_tx.transport import open_sender
 
 # Measured 2026-11-26 with this exact send (light FEC, depth 2, 30 % Bernoulli loss, seed 1,
@@ -113,8 +113,8 @@ def test_config_values_are_checked_like_flags(tmp_path: Path, capsys, section: s
 
 
 def test_config_numbers_become_the_flags_types(tmp_path: Path) -> None:
-    from resilient_tx.cli import build_parser
-    from resilient_tx.netcmd import SEND_DEFAULTS, apply_config
+    from resilient_tx.app.cli import build_parser
+    from resilient_tx.app.netcmd import SEND_DEFAULTS, apply_config
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("send:\n  pace: 20\n  burst: 3\n  seed: null\n")
@@ -134,7 +134,7 @@ def test_recv_rejects_negative_count(capsys) -> None:
 def test_example_config_documents_every_option() -> None:
     import yaml
 
-    from resilient_tx.netcmd import RECV_DEFAULTS, SEND_DEFAULTS
+    from resilient_tx.app.netcmd import RECV_DEFAULTS, SEND_DEFAULTS
 
     path = Path(__file__).resolve().parents[1] / "resilient_tx/configs/transport.example.yaml"
     data = yaml.safe_load(path.read_text())
@@ -144,7 +144,7 @@ def test_example_config_documents_every_option() -> None:
 
 
 def _packets(image_id: int) -> list[bytes]:
-    from resilient_tx.pipeline import Sender, SenderConfig
+    from resilient_tx.resilience.endpoint import Sender, SenderConfig
 
     sender = Sender(SenderConfig(), torch.device("cpu"))
     return [bytes(p) for p in sender.packets(load_rgb(sample_path())[:256, :384],
@@ -210,8 +210,8 @@ def test_bad_fec_and_loss_options_are_one_line(capsys) -> None:
 def test_report_line_does_not_call_unneeded_packets_lost(complete: bool, wording: str) -> None:
     from types import SimpleNamespace
 
-    from resilient_tx.netcmd import _report_line
-    from resilient_tx.reassembly import ReceiveReport
+    from resilient_tx.app.netcmd import _report_line
+    from resilient_tx.resilience.reassembly import ReceiveReport
 
     rep = ReceiveReport(image_id=0xAB, width=768, height=512, packets_sent=39,
                         packets_received=11, packets_recovered=3, packets_rejected=0,

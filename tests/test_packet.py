@@ -1,4 +1,4 @@
-"""The packet wire format (resilient_tx.packet): round trip, limits, and parse's contract."""
+"""The packet wire format: round trip, limits, and parse's contract."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resilient_tx.errors import BitstreamError, InputError, PacketError, ResilientTxError
-from resilient_tx.packet import (
+from resilient_tx.resilience.packet import (
     DEFAULT_MAX_PACKET,
     HEADER_SIZE,
     MAGIC,

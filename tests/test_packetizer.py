@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from resilient_tx import fec, layout, uep
-from resilient_tx.checkpoint import load_model, save_model
-from resilient_tx.codec import Codec
+from resilient_tx.app.demo import sample_path
+from resilient_tx.codec import layout
+from resilient_tx.codec.image_codec import Codec
 from resilient_tx.config import ModelConfig
-from resilient_tx.data import load_rgb
-from resilient_tx.demo import sample_path
 from resilient_tx.errors import InputError
+from resilient_tx.images import load_rgb
 from resilient_tx.model import PQMIM
-from resilient_tx.packet import Packet
-from resilient_tx.packetizer import Packetizer, context_stages, spread_stages
+from resilient_tx.resilience import fec, uep
+from resilient_tx.resilience.packet import Packet
+from resilient_tx.resilience.packetizer import Packetizer, context_stages, spread_stages
+from resilient_tx.zoo.checkpoint import load_model, save_model
 
 
 def make_codec(tmp_path: Path, cfg: ModelConfig, seed: int = 0) -> Codec:

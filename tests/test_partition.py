@@ -1,4 +1,4 @@
-"""Quincunx partition of a token grid (resilient_tx.partition)."""
+"""Quincunx partition of a token grid (resilient_tx.codec.partition)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilient_tx import partition
-from resilient_tx.partition import (
+from resilient_tx.codec import partition
+from resilient_tx.codec.partition import (
     DEFAULT_STAGES,
     quincunx_stages,
     stage_indices,

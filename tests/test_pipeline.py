@@ -10,12 +10,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resilient_tx.collector import Collector
+from resilient_tx.codec.inpaint import ArInpainter, MimInpainter, NeighborInpainter
 from resilient_tx.errors import InputError, ResilientTxError
-from resilient_tx.inpaint import ArInpainter, MimInpainter, NeighborInpainter
-from resilient_tx.packet import Packet
-from resilient_tx.pipeline import Receiver, fec_profile
-from resilient_tx.zoo import get_model
+from resilient_tx.resilience.collector import Collector
+from resilient_tx.resilience.endpoint import Receiver, fec_profile
+from resilient_tx.resilience.packet import Packet
+from resilient_tx.zoo.registry import get_model
 
 
 @pytest.fixture(autouse=True)
@@ -54,9 +54,9 @@ _FUZZ_IMAGE_ID = 77
 
 @pytest.fixture(scope="module")
 def genuine() -> list[Packet]:
-    from resilient_tx.data import load_rgb
-    from resilient_tx.demo import sample_path
-    from resilient_tx.pipeline import Sender, SenderConfig
+    from resilient_tx.app.demo import sample_path
+    from resilient_tx.images import load_rgb
+    from resilient_tx.resilience.endpoint import Sender, SenderConfig
 
     image = load_rgb(sample_path())[:40, :72]
     sender = Sender(SenderConfig(fec="light", max_packet=120), torch.device("cpu"))

@@ -11,14 +11,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resilient_tx import fec
+from resilient_tx.app.demo import sample_path
+from resilient_tx.codec.partition import quincunx_stages
 from resilient_tx.config import ModelConfig
-from resilient_tx.data import load_rgb
-from resilient_tx.demo import sample_path
-from resilient_tx.packet import Packet
-from resilient_tx.packetizer import PacketizedImage, Packetizer
-from resilient_tx.partition import quincunx_stages
-from resilient_tx.reassembly import ImageAssembler, decode_tokens, report
+from resilient_tx.images import load_rgb
+from resilient_tx.resilience import fec
+from resilient_tx.resilience.packet import Packet
+from resilient_tx.resilience.packetizer import PacketizedImage, Packetizer
+from resilient_tx.resilience.reassembly import ImageAssembler, decode_tokens, report
 from tests.test_packetizer import make_codec
 
 TINY = ModelConfig(widths=(8, 8, 8), latent_dim=16, num_subvectors=2, codebook_size=16,

@@ -10,13 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from resilient_tx.checkpoint import LoadedModel, load_model, load_prior, save_model, save_prior
-from resilient_tx.cli import main
+from resilient_tx.app.cli import main
 from resilient_tx.config import ArConfig, ModelConfig, TrainConfig
 from resilient_tx.errors import InputError, ModelMismatchError
 from resilient_tx.model import PQMIM
 from resilient_tx.model.ar import ArPrior
-from resilient_tx.token_train import ArTrainer, FrozenTokens, MimFinetuner, ar_loss, cosine_lr
+from resilient_tx.training.token_train import (
+    ArTrainer,
+    FrozenTokens,
+    MimFinetuner,
+    ar_loss,
+    cosine_lr,
+)
+from resilient_tx.zoo.checkpoint import LoadedModel, load_model, load_prior, save_model, save_prior
 
 TINY = ModelConfig(widths=(8, 8, 8), latent_dim=16, num_subvectors=2, codebook_size=16,
                    latent_blocks=1, latent_heads=2, mim_dim=16, mim_depth=1, mim_heads=2)

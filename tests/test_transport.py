@@ -17,9 +17,8 @@ from typing import TypeVar
 
 import pytest
 
-from resilient_tx.channel import ChannelConfig, transmit
 from resilient_tx.errors import InputError, ResilientTxError, TransportError
-from resilient_tx.packet import DEFAULT_MAX_PACKET
+from resilient_tx.resilience.packet import DEFAULT_MAX_PACKET
 from resilient_tx.transport import (
     LossPattern,
     MemoryReceiver,
@@ -32,6 +31,7 @@ from resilient_tx.transport import (
     open_sender,
     parse_hostport,
 )
+from resilient_tx.transport.channel import ChannelConfig, transmit
 
 T = TypeVar("T")
 LOOPBACK = "127.0.0.1:0"

@@ -1,4 +1,4 @@
-"""Expected-quality parity planning (resilient_tx.uep)."""
+"""Expected-quality parity planning (resilient_tx.resilience.uep)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilient_tx import uep
 from resilient_tx.errors import ConfigError, InputError
+from resilient_tx.resilience import uep
 
 SHARES = (1 / 16, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
 

@@ -1,5 +1,5 @@
 """Networks: autoencoder, product quantizer, XCiT trunk and the masked token model."""
 
-from .pqmim import PQMIM, ForwardOutput, pad_to_multiple
+from resilient_tx.model.pqmim import PQMIM, ForwardOutput, pad_to_multiple
 
 __all__ = ["PQMIM", "ForwardOutput", "pad_to_multiple"]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ArConfig
+from resilient_tx.config import ArConfig
 
 
 class CausalBlock(nn.Module):

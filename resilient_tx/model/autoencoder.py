@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
-from .xcit import XCiTStack
+from resilient_tx.config import ModelConfig
+from resilient_tx.model.xcit import XCiTStack
 
 
 class ResBlock(nn.Module):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from .xcit import XCiTStack
+from resilient_tx.config import ModelConfig
+from resilient_tx.model.xcit import XCiTStack
 
 
 class MaskedTokenModel(nn.Module):

@@ -2,7 +2,7 @@
 
 Follows the CompressAI split: this module is pure network maths (``forward`` for
 training, ``tokens``/``reconstruct`` for coding); turning probabilities into bits lives in
-:mod:`resilient_tx.entropy` and :mod:`resilient_tx.codec`.
+:mod:`resilient_tx.codec.entropy` and :mod:`resilient_tx.codec.image_codec`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
-from .autoencoder import Decoder, Encoder
-from .mim import MaskedTokenModel
-from .quantizer import ProductQuantizer
+from resilient_tx.config import ModelConfig
+from resilient_tx.model.autoencoder import Decoder, Encoder
+from resilient_tx.model.mim import MaskedTokenModel
+from resilient_tx.model.quantizer import ProductQuantizer
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from ..errors import InputError
-from .base import (
+from resilient_tx.errors import InputError
+from resilient_tx.transport.base import (
     DEFAULT_PORT,
     Address,
     Pacer,
@@ -34,8 +34,8 @@ from .base import (
     TransportConfig,
     parse_hostport,
 )
-from .memory import LossPattern, MemoryReceiver, MemorySender, memory_pair
-from .udp import UdpConfig, UdpReceiver, UdpSender
+from resilient_tx.transport.memory import LossPattern, MemoryReceiver, MemorySender, memory_pair
+from resilient_tx.transport.udp import UdpConfig, UdpReceiver, UdpSender
 
 KINDS = ("udp", "webrtc", "memory")
 _LAZY_WEBRTC = ("WebRTCConfig", "WebRTCReceiver", "WebRTCSender")
@@ -51,7 +51,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY_WEBRTC:
-        from . import webrtc
+        from resilient_tx.transport import webrtc
         return getattr(webrtc, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -62,7 +62,7 @@ def open_sender(kind: str, target: Any, **opts: Any) -> PacketSender:
     if kind == "udp":
         return UdpSender(target, _config(UdpConfig, kind, opts))
     if kind == "webrtc":
-        from .webrtc import WebRTCConfig, WebRTCSender
+        from resilient_tx.transport.webrtc import WebRTCConfig, WebRTCSender
         return WebRTCSender(target, _config(WebRTCConfig, kind, opts))
     if kind == "memory":
         loss, peer = opts.pop("loss", None), opts.pop("peer", None)
@@ -76,7 +76,7 @@ def open_receiver(kind: str, listen: Any, **opts: Any) -> PacketReceiver:
     if kind == "udp":
         return UdpReceiver(listen, _config(UdpConfig, kind, opts))
     if kind == "webrtc":
-        from .webrtc import WebRTCConfig, WebRTCReceiver
+        from resilient_tx.transport.webrtc import WebRTCConfig, WebRTCReceiver
         return WebRTCReceiver(listen, _config(WebRTCConfig, kind, opts))
     if kind == "memory":
         return MemoryReceiver(listen, _config(TransportConfig, kind, opts))

@@ -1,7 +1,7 @@
 """The narrow transport interface: an async packet sender and an async packet receiver.
 
-A transport moves opaque datagrams of at most :data:`~resilient_tx.packet.DEFAULT_MAX_PACKET`
-bytes. It promises nothing about order, duplicates or losses: the packet layer above
+A transport moves opaque datagrams of at most a configured size (1200 bytes by default).
+It promises nothing about order, duplicates or losses: the packet layer above
 treats a missing packet as an erasure. Every implementation (``memory``, ``udp``,
 ``webrtc``) derives from :class:`PacketSender` / :class:`PacketReceiver`, so callers and
 tests swap them freely (the in-memory one plays the role of httpx's ``MockTransport``).
@@ -30,8 +30,8 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import InputError, TransportError
-from ..packet import DEFAULT_MAX_PACKET
+from resilient_tx.errors import InputError, TransportError
+from resilient_tx.resilience.packet import DEFAULT_MAX_PACKET
 
 DEFAULT_PORT = 5004
 PACING_BURST_BYTES = 4 * DEFAULT_MAX_PACKET

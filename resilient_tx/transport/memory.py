@@ -6,8 +6,8 @@ so ``open_sender("memory", "rx")`` finds it, like a port. Any number of senders 
 one receiver; each names itself with a distinct peer string.
 
 Losses are scripted by a :class:`LossPattern`: explicit packet indices to drop and/or a
-seeded :class:`~resilient_tx.channel.ChannelConfig` run through
-:func:`~resilient_tx.channel.transmit` (loss, duplication, corruption, reordering),
+seeded :class:`~resilient_tx.transport.channel.ChannelConfig` run through
+:func:`~resilient_tx.transport.channel.transmit` (loss, duplication, corruption, reordering),
 so a test knows exactly which packets arrive.
 """
 
@@ -17,9 +17,14 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..channel import ChannelConfig, transmit
-from ..errors import InputError, TransportError
-from .base import DEFAULT_CONFIG, PacketSender, QueuedReceiver, TransportConfig
+from resilient_tx.errors import InputError, TransportError
+from resilient_tx.transport.base import (
+    DEFAULT_CONFIG,
+    PacketSender,
+    QueuedReceiver,
+    TransportConfig,
+)
+from resilient_tx.transport.channel import ChannelConfig, transmit
 
 _REGISTRY: dict[str, MemoryReceiver] = {}
 _PEER_IDS = itertools.count(1)

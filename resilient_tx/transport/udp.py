@@ -18,8 +18,8 @@ import logging
 import socket
 from dataclasses import dataclass
 
-from ..errors import TransportError
-from .base import (
+from resilient_tx.errors import TransportError
+from resilient_tx.transport.base import (
     Address,
     PacketSender,
     QueuedReceiver,

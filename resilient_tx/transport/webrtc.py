@@ -48,9 +48,9 @@ from aiortc import (
     RTCSessionDescription,
 )
 
-from ..errors import InputError, TransportError
-from ..packet import DEFAULT_MAX_PACKET
-from .base import (
+from resilient_tx.errors import InputError, TransportError
+from resilient_tx.resilience.packet import DEFAULT_MAX_PACKET
+from resilient_tx.transport.base import (
     Address,
     PacketSender,
     QueuedReceiver,

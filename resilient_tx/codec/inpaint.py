@@ -34,10 +34,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from .checkpoint import LoadedModel, LoadedPrior
-from .errors import InputError, ModelMismatchError
-from .model.ar import window_origin
-from .partition import quincunx_stages
+from resilient_tx.codec.partition import quincunx_stages
+from resilient_tx.errors import InputError, ModelMismatchError
+from resilient_tx.model.ar import window_origin
+from resilient_tx.zoo.checkpoint import LoadedModel, LoadedPrior
 
 ORDERS = ("quincunx", "confidence")
 #: How a predicted distribution becomes an index, per sub-quantizer (see MimInpainter).
@@ -287,7 +287,9 @@ class ArInpainter(Inpainter):
                  decision: str = DEFAULT_DECISION) -> None:
         super().__init__(model)
         if prior is None:
-            from .zoo import get_prior  # the zoo knows where shipped priors live
+            from resilient_tx.zoo.registry import (
+                get_prior,  # the zoo knows where shipped priors live
+            )
 
             prior = get_prior(model)
         if prior.base_model_id != model.model_id:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from .errors import ResilientTxError
-from .packet import Packet
-from .reassembly import ImageAssembler
+from resilient_tx.errors import ResilientTxError
+from resilient_tx.resilience.packet import Packet
+from resilient_tx.resilience.reassembly import ImageAssembler
 
 
 @dataclass

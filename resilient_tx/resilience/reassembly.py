@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import entropy, fec, layout
-from .codec import Codec
-from .errors import BitstreamError
-from .packet import HEADER_SIZE, Packet
-from .packetizer import CHUNK_HEADER, DEPTH_MASK, context_stages
+from resilient_tx.codec import entropy, layout
+from resilient_tx.codec.image_codec import Codec
+from resilient_tx.errors import BitstreamError
+from resilient_tx.resilience import fec
+from resilient_tx.resilience.packet import HEADER_SIZE, Packet
+from resilient_tx.resilience.packetizer import CHUNK_HEADER, DEPTH_MASK, context_stages
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .channel import ChannelConfig, ChannelStats, transmit
-from .collector import Collector, DueImage
-from .pipeline import Received, Receiver, Sender
-from .transport import open_receiver, open_sender
+from resilient_tx.resilience.collector import Collector, DueImage
+from resilient_tx.resilience.endpoint import Received, Receiver, Sender
+from resilient_tx.transport import open_receiver, open_sender
+from resilient_tx.transport.channel import ChannelConfig, ChannelStats, transmit
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from resilient_tx.errors import InputError
 
 LAYOUT_SEEDS = 32  # seeds the encoder tries; seed 0 means "no rotation"
 

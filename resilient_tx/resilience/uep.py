@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .errors import ConfigError, InputError
+from resilient_tx.errors import ConfigError, InputError
 
 MAX_CODEWORD = 255  # GF(256): k + m <= 255 (fec.py)
 

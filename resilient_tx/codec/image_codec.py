@@ -2,7 +2,7 @@
 
 Stage 1 is coded with each sub-codebook's marginal histogram; stage s >= 2 with the MIM's
 conditionals p(q_s | q_<s), one softmax per sub-quantizer. The MIM runs in float64 and its
-logits go through :mod:`resilient_tx.entropy`'s integer CDF construction, so an encoder
+logits go through :mod:`resilient_tx.codec.entropy`'s integer CDF construction, so an encoder
 on one machine and a decoder on another (CPU vs CUDA, any thread count) agree bit for bit.
 """
 
@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import entropy
-from .checkpoint import LoadedModel
-from .container import EncodedImage, StageStream
-from .data import to_tensor, to_uint8
-from .errors import BitstreamError, InputError, ModelMismatchError
-from .model import pad_to_multiple
-from .partition import quincunx_stages, stage_indices
+from resilient_tx.codec import entropy
+from resilient_tx.codec.container import EncodedImage, StageStream
+from resilient_tx.codec.partition import quincunx_stages, stage_indices
+from resilient_tx.errors import BitstreamError, InputError, ModelMismatchError
+from resilient_tx.images import to_tensor, to_uint8
+from resilient_tx.model import pad_to_multiple
+from resilient_tx.zoo.checkpoint import LoadedModel
 
 
 @dataclass(frozen=True)

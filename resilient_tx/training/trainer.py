@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import save_model
-from .config import ModelConfig, RunConfig, TrainConfig
-from .data import CropSampler, list_images, load_rgb
-from .errors import InputError
-from .model import PQMIM, pad_to_multiple
-from .partition import quincunx_stages
+from resilient_tx.codec.partition import quincunx_stages
+from resilient_tx.config import ModelConfig, RunConfig, TrainConfig
+from resilient_tx.errors import InputError
+from resilient_tx.images import list_images, load_rgb
+from resilient_tx.model import PQMIM, pad_to_multiple
+from resilient_tx.training.crops import CropSampler
+from resilient_tx.zoo.checkpoint import save_model
 
 LOG_FIELDS = ["phase", "step", "lr", "psnr", "pq", "mim_bits", "restarted"]
 

@@ -41,7 +41,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from .errors import InputError, PacketError
+from resilient_tx.errors import InputError, PacketError
 
 MAGIC = b"RTXP"
 VERSION = 1

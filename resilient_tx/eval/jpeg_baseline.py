@@ -25,12 +25,12 @@ rates of the sweep (10703 vs 7070 bytes at quality 8 on that sample).
 Packets. The entropy-coded scan is cut at the restart markers; whole intervals are
 packed greedily, in order, into chunks that fit one packet. A chunk is ``u16 first
 interval index`` followed by its intervals with the original RST markers between them.
-A packet is a :class:`~resilient_tx.packet.Packet` (36-byte header with CRC, counted in
+A packet is a :class:`~resilient_tx.resilience.packet.Packet` (36-byte header with CRC, counted in
 every size here) whose payload is ``u16 length | DHT | chunk or shard``, at most
 ``max_packet`` bytes in all.
 
 FEC. Optional systematic Reed-Solomon across the data packets
-(:func:`resilient_tx.fec.encode_shards`), in blocks of at most ``max_block`` data
+(:func:`resilient_tx.resilience.fec.encode_shards`), in blocks of at most ``max_block`` data
 packets; block b is sent as stage b + 1 with its k and n in the packet header. The
 parity per block comes from a function of k: :func:`flat_parity` (a fixed fraction, the
 natural choice at equal bytes) or :func:`profile_parity` (a named FEC profile's rule for
@@ -64,10 +64,10 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from . import fec
-from .channel import ChannelConfig, transmit
-from .errors import BitstreamError, FecError, InputError, PacketError, ResilientTxError
-from .packet import DEFAULT_MAX_PACKET, Packet, max_payload
+from resilient_tx.errors import BitstreamError, FecError, InputError, PacketError, ResilientTxError
+from resilient_tx.resilience import fec
+from resilient_tx.resilience.packet import DEFAULT_MAX_PACKET, Packet, max_payload
+from resilient_tx.transport.channel import ChannelConfig, transmit
 
 ParityFn = Callable[[int], int]
 
@@ -560,6 +560,6 @@ def receive_jpeg(jp: JpegPackets, delivered: Iterable[int]) -> np.ndarray:
 
 
 def simulate(jp: JpegPackets, config: ChannelConfig, seed: int) -> np.ndarray:
-    """Send ``jp`` through :func:`resilient_tx.channel.transmit` and reconstruct."""
+    """Send ``jp`` through :func:`resilient_tx.transport.channel.transmit` and reconstruct."""
     delivered, _stats = transmit(list(jp.packets), config, seed)
     return receive_datagrams(delivered, jp.width, jp.height)

@@ -42,16 +42,16 @@ from typing import Any
 import numpy as np
 import reedsolo
 
-from . import uep
-from .config import read_yaml
-from .errors import ConfigError, FecError, InputError
-from .packet import DEFAULT_MAX_PACKET, max_payload
+from resilient_tx.config import read_yaml
+from resilient_tx.errors import ConfigError, FecError, InputError
+from resilient_tx.resilience import uep
+from resilient_tx.resilience.packet import DEFAULT_MAX_PACKET, max_payload
 
 MAX_CODEWORD = 255  # GF(256): a codeword holds at most 255 symbols, so k + parity <= 255
 PREFIX = struct.Struct("<H")
 PREFIX_SIZE = PREFIX.size
 MAX_CHUNK = 0xFFFF - PREFIX_SIZE  # a shard must fit the packet's u16 payload length
-PROFILES_PATH = Path(__file__).parent / "configs" / "fec.yaml"
+PROFILES_PATH = Path(__file__).parents[1] / "configs" / "fec.yaml"
 
 
 # ---------------------------------------------------------------------------- coding

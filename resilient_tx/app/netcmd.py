@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import read_yaml
-from .errors import ConfigError, InputError
+from resilient_tx.config import read_yaml
+from resilient_tx.errors import ConfigError, InputError
 
 SEND_DEFAULTS: dict[str, Any] = {
     "to": None, "transport": "udp", "rate": "low", "fec": "light", "context_depth": 2,
@@ -92,7 +92,7 @@ def _checked(where: str, value: Any, action: argparse.Action | None) -> Any:
 
 
 def _channel(args: argparse.Namespace):
-    from .channel import ChannelConfig
+    from resilient_tx.transport.channel import ChannelConfig
 
     if not args.sim_loss:
         return None
@@ -101,8 +101,8 @@ def _channel(args: argparse.Namespace):
 
 
 async def _send_all(args: argparse.Namespace, images: list, sender) -> None:
-    from .channel import transmit
-    from .transport import open_sender
+    from resilient_tx.transport import open_sender
+    from resilient_tx.transport.channel import transmit
 
     chan = _channel(args)
     rng = random.Random()
@@ -124,17 +124,17 @@ async def _send_all(args: argparse.Namespace, images: list, sender) -> None:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from .data import load_rgb
-    from .packet import DEFAULT_MAX_PACKET
-    from .pipeline import Sender, SenderConfig
-    from .runtime import resolve_device, set_threads
+    from resilient_tx.images import load_rgb
+    from resilient_tx.resilience.endpoint import Sender, SenderConfig
+    from resilient_tx.resilience.packet import DEFAULT_MAX_PACKET
+    from resilient_tx.runtime import resolve_device, set_threads
 
     apply_config(args, "send", SEND_DEFAULTS)
     if not args.to:
         raise InputError("--to HOST[:PORT] is required (or `to:` in the config's send section)")
     max_packet = int(args.max_packet)
     if args.transport == "webrtc":
-        from .transport.webrtc import SCTP_CHUNK_PAYLOAD
+        from resilient_tx.transport.webrtc import SCTP_CHUNK_PAYLOAD
 
         # aiortc splits messages over 1160 bytes into two SCTP chunks; losing either loses
         # the whole packet, so WebRTC packets are kept to one chunk.
@@ -182,8 +182,8 @@ class _RecvLoop:
         self.done = 0
 
     async def finish(self, due) -> None:
-        from .data import FAST_PNG_LEVEL, save_rgb
-        from .errors import ResilientTxError
+        from resilient_tx.errors import ResilientTxError
+        from resilient_tx.images import FAST_PNG_LEVEL, save_rgb
 
         loop = asyncio.get_running_loop()
         try:
@@ -201,7 +201,7 @@ class _RecvLoop:
         return bool(self.args.count) and self.done >= int(self.args.count)
 
     async def run(self, rx) -> None:
-        from .loopback import due_images
+        from resilient_tx.app.loopback import due_images
 
         async for due in due_images(rx, self.collector):
             await self.finish(due)
@@ -210,8 +210,8 @@ class _RecvLoop:
 
 
 async def _recv(args: argparse.Namespace, receiver) -> None:
-    from .collector import Collector
-    from .transport import open_receiver
+    from resilient_tx.resilience.collector import Collector
+    from resilient_tx.transport import open_receiver
 
     collector = Collector(deadline=float(args.deadline))
     async with await open_receiver(args.transport, args.listen) as rx:
@@ -221,8 +221,8 @@ async def _recv(args: argparse.Namespace, receiver) -> None:
 
 
 def cmd_recv(args: argparse.Namespace) -> int:
-    from .pipeline import Receiver
-    from .runtime import resolve_device, set_threads
+    from resilient_tx.resilience.endpoint import Receiver
+    from resilient_tx.runtime import resolve_device, set_threads
 
     apply_config(args, "recv", RECV_DEFAULTS)
     if float(args.deadline) <= 0:

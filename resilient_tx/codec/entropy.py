@@ -32,7 +32,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from .errors import BitstreamError, ChecksumError
+from resilient_tx.errors import BitstreamError, ChecksumError
 
 PRECISION = 16  # torchac's fixed CDF precision: the total mass is 2**16
 TOTAL = 1 << PRECISION

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import entropy, fec, layout, uep
-from .codec import Codec
-from .errors import InputError
-from .packet import DEFAULT_MAX_PACKET, HEADER_SIZE, MAX_U16, Packet
+from resilient_tx.codec import entropy, layout
+from resilient_tx.codec.image_codec import Codec
+from resilient_tx.errors import InputError
+from resilient_tx.resilience import fec, uep
+from resilient_tx.resilience.packet import DEFAULT_MAX_PACKET, HEADER_SIZE, MAX_U16, Packet
 
 CHUNK_HEADER = struct.Struct("<BI")  # layout seed, CRC32 of the chunk's symbols
 DEPTH_MASK = 0x07  # packet flag bits holding the context depth

@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig, ar_config_from_dict, model_config_from_dict
-from .errors import InputError, ModelMismatchError, ModelNotFoundError
-from .model import PQMIM
-from .model.ar import ArPrior
+from resilient_tx.config import ModelConfig, ar_config_from_dict, model_config_from_dict
+from resilient_tx.errors import InputError, ModelMismatchError, ModelNotFoundError
+from resilient_tx.model import PQMIM
+from resilient_tx.model.ar import ArPrior
 
 FORMAT = "resilient-tx-model/1"
 

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import fec
-from .checkpoint import LoadedModel
-from .codec import Codec
-from .collector import DueImage
-from .errors import InputError, ModelNotFoundError
-from .inpaint import Inpainter, get_inpainter
-from .packetizer import PacketizedImage, Packetizer
-from .reassembly import ReceiveReport, decode_tokens, report
-from .zoo import available_rates, find_by_id, get_model
+from resilient_tx.codec.image_codec import Codec
+from resilient_tx.codec.inpaint import Inpainter, get_inpainter
+from resilient_tx.errors import InputError, ModelNotFoundError
+from resilient_tx.resilience import fec
+from resilient_tx.resilience.collector import DueImage
+from resilient_tx.resilience.packetizer import PacketizedImage, Packetizer
+from resilient_tx.resilience.reassembly import ReceiveReport, decode_tokens, report
+from resilient_tx.zoo.checkpoint import LoadedModel
+from resilient_tx.zoo.registry import available_rates, find_by_id, get_model
 
 
 def rate_point_id(name: str) -> int:

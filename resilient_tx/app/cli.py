@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import ResilientTxError
+from resilient_tx.errors import ResilientTxError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -18,9 +18,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .config import load_run_config
-    from .errors import InputError
-    from .runtime import resolve_device, set_threads
+    from resilient_tx.config import load_run_config
+    from resilient_tx.errors import InputError
+    from resilient_tx.runtime import resolve_device, set_threads
 
     run = load_run_config(args.config)
     if args.steps is not None:
@@ -44,8 +44,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         torch.backends.cudnn.benchmark = True
     if args.only:
         return _train_on_tokens(args, run, device)
-    from .checkpoint import load_model
-    from .train import Trainer
+    from resilient_tx.training.trainer import Trainer
+    from resilient_tx.zoo.checkpoint import load_model
 
     trainer = Trainer(run, Path(args.data), Path(args.out), device)
     if trainer.try_resume():
@@ -55,7 +55,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
           f"({res.seconds / 60:.1f} min): train PSNR {res.final_psnr:.2f} dB, "
           f"MIM {res.final_mim_bits:.3f} bits/sub-index")
     if run.ar.steps > 0:  # an ``ar:`` section with steps also trains the AR prior
-        from .token_train import ArTrainer
+        from resilient_tx.training.token_train import ArTrainer
 
         model = load_model(res.model_path)
         ar = ArTrainer(model, trainer.images, run.ar, run.train, Path(args.out), device)
@@ -67,11 +67,11 @@ def _train_on_tokens(args: argparse.Namespace, run, device) -> int:
     """``--only mim|ar --init MODEL``: train on the frozen tokens of an existing model."""
     import dataclasses
 
-    from .config import read_yaml
-    from .errors import InputError
-    from .token_train import ArTrainer, MimFinetuner
-    from .train import load_training_images
-    from .zoo import get_model
+    from resilient_tx.config import read_yaml
+    from resilient_tx.errors import InputError
+    from resilient_tx.training.token_train import ArTrainer, MimFinetuner
+    from resilient_tx.training.trainer import load_training_images
+    from resilient_tx.zoo.registry import get_model
 
     model = get_model(args.init)
     if args.only == "mim" and "derived_from" in model.meta:
@@ -102,9 +102,9 @@ def _report(res, what: str) -> None:
 def _codec(args: argparse.Namespace, model_id: bytes | None = None):
     """Codec for --model PATH, else --rate NAME, else (decoding) the shipped model with the
     stream's id. Device and threads are set here, at run time, never at import."""
-    from .codec import Codec
-    from .runtime import resolve_device, set_threads
-    from .zoo import DEFAULT_RATE, find_by_id, get_model
+    from resilient_tx.codec.image_codec import Codec
+    from resilient_tx.runtime import resolve_device, set_threads
+    from resilient_tx.zoo.registry import DEFAULT_RATE, find_by_id, get_model
 
     set_threads(args.threads)
     device = resolve_device(args.device)
@@ -120,7 +120,7 @@ def _codec(args: argparse.Namespace, model_id: bytes | None = None):
 def _cmd_encode(args: argparse.Namespace) -> int:
     import time
 
-    from .data import load_rgb
+    from resilient_tx.images import load_rgb
 
     image = load_rgb(args.image)
     codec = _codec(args)
@@ -139,9 +139,9 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 def _cmd_decode(args: argparse.Namespace) -> int:
     import time
 
-    from .container import EncodedImage
-    from .data import save_rgb
-    from .errors import InputError
+    from resilient_tx.codec.container import EncodedImage
+    from resilient_tx.errors import InputError
+    from resilient_tx.images import save_rgb
 
     src = Path(args.input)
     if not src.is_file():
@@ -158,7 +158,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .zoo import DEFAULT_RATE, available_rates, get_model
+    from resilient_tx.zoo.registry import DEFAULT_RATE, available_rates, get_model
 
     print(f"{'rate':<10}{'f':>4}{'M':>4}{'V':>5}{'raw bpp':>9}  {'model id':<18}origin")
     for name in available_rates():
@@ -177,7 +177,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from resilient_tx.app.demo import run_demo
 
     run_demo(args)
     return 0
@@ -258,8 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(demo)
     demo.set_defaults(func=_cmd_demo)
 
-    from .kmeans import add_parser as add_derive_rate_parser
-    from .netcmd import add_parsers
+    from resilient_tx.app.netcmd import add_parsers
+    from resilient_tx.training.kmeans import add_parser as add_derive_rate_parser
 
     add_parsers(sub)
     add_derive_rate_parser(sub)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from resilient_tx.errors import InputError
 
 LOSS_MODELS = ("bernoulli", "gilbert")
 _STREAMS = ("loss", "duplicate", "corrupt", "reorder")

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .codec import Codec
-from .container import EncodedImage
-from .data import load_rgb, save_rgb
-from .metrics import ms_ssim, psnr
-from .runtime import resolve_device, set_threads
-from .zoo import available_rates, get_model
+from resilient_tx.codec.container import EncodedImage
+from resilient_tx.codec.image_codec import Codec
+from resilient_tx.eval.metrics import ms_ssim, psnr
+from resilient_tx.images import load_rgb, save_rgb
+from resilient_tx.runtime import resolve_device, set_threads
+from resilient_tx.zoo.registry import available_rates, get_model
 
 SAMPLE = "kodim23.png"
 
@@ -57,7 +57,7 @@ def _round_trip(codec: Codec, image: np.ndarray) -> tuple[DemoRow, np.ndarray]:
 def run_demo(args: argparse.Namespace) -> list[DemoRow]:
     set_threads(args.threads)
     device = resolve_device(args.device)
-    from .pipeline import fec_profile
+    from resilient_tx.resilience.endpoint import fec_profile
 
     fec = args.fec or f"for_loss:{args.loss:g}"  # the demo knows its loss rate: plan for it
     fec_profile(fec)  # a bad --loss/--fec fails here, before any work
@@ -86,8 +86,8 @@ def run_demo(args: argparse.Namespace) -> list[DemoRow]:
 def _transmission(args: argparse.Namespace, fec: str, image: np.ndarray, device,
                   out: Path) -> None:
     """Loopback UDP with simulated loss: the mission in one picture (issue 4, item 7)."""
-    from .loopback import run_loopback
-    from .pipeline import Receiver, Sender, SenderConfig
+    from resilient_tx.app.loopback import run_loopback
+    from resilient_tx.resilience.endpoint import Receiver, Sender, SenderConfig
 
     sender = Sender(SenderConfig(fec=fec), device)
     receiver = Receiver("mim", device)

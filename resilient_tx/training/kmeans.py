@@ -56,18 +56,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import entropy
-from .checkpoint import LoadedModel, read_payload
-from .data import list_images, load_rgb, to_tensor
-from .errors import InputError, ModelMismatchError, ModelNotFoundError
-from .model import PQMIM, pad_to_multiple
-from .model.quantizer import ProductQuantizer
+from resilient_tx.codec import entropy
+from resilient_tx.errors import InputError, ModelMismatchError, ModelNotFoundError
+from resilient_tx.images import list_images, load_rgb, to_tensor
+from resilient_tx.model import PQMIM, pad_to_multiple
+from resilient_tx.model.quantizer import ProductQuantizer
+from resilient_tx.zoo.checkpoint import LoadedModel, read_payload
 
 DERIVED_FORMAT = "resilient-tx-derived/1"
 N_INIT = 8  # k-means restarts; V is a few hundred points, so restarts cost nothing
 MAX_ITER = 100
 #: Training images (never Kodak): ``../shared/data/bsds500`` beside the repository.
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bsds500"
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "bsds500"
 REGENERATE = "python simulations/make_rate_points.py"
 
 
@@ -505,8 +505,8 @@ def load_derived(path: str | Path, resolve_base: Callable[[str], LoadedModel],
 
 # ----------------------------------------------------------------------------- CLI
 def _cmd_derive_rate(args: argparse.Namespace) -> int:
-    from .runtime import resolve_device, set_threads
-    from .zoo import derived_dir, get_model
+    from resilient_tx.runtime import resolve_device, set_threads
+    from resilient_tx.zoo.registry import derived_dir, get_model
 
     set_threads(args.threads)
     device = resolve_device(args.device)

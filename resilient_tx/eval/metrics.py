@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from pytorch_msssim import ms_ssim as _pt_ms_ssim
 
-from .errors import InputError
+from resilient_tx.errors import InputError
 
 #: Smallest short side (px) for which :func:`ms_ssim` is defined; see the module docstring.
 MS_SSIM_MIN_SIDE = 161

@@ -16,7 +16,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from .errors import BitstreamError
+from resilient_tx.errors import BitstreamError
 
 MAGIC = b"RTXF"
 VERSION = 1

@@ -13,7 +13,7 @@ encoder and quantizer under ``no_grad``.
   paper, Sec. 2.3) with the paper's masking: a share U(0, ``max_mask_ratio``) of each
   window's input tokens is replaced by the lost token; targets are the true tokens.
 
-Both stop on a step cap or a wall-clock budget (:class:`~resilient_tx.train.StepBudget`),
+Both stop on a step cap or a wall-clock budget (:class:`~resilient_tx.training.trainer.StepBudget`),
 checkpoint every ``checkpoint_every`` steps to ``OUT/last_<phase>.pt`` and resume from it.
 """
 
@@ -33,13 +33,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import LoadedModel, save_model, save_prior
-from .config import ArConfig, TrainConfig, model_config_from_dict
-from .data import CropSampler
-from .errors import InputError
-from .model import PQMIM
-from .model.ar import ArPrior
-from .train import StepBudget, mim_loss, sample_mim_mask
+from resilient_tx.config import ArConfig, TrainConfig, model_config_from_dict
+from resilient_tx.errors import InputError
+from resilient_tx.model import PQMIM
+from resilient_tx.model.ar import ArPrior
+from resilient_tx.training.crops import CropSampler
+from resilient_tx.training.trainer import StepBudget, mim_loss, sample_mim_mask
+from resilient_tx.zoo.checkpoint import LoadedModel, save_model, save_prior
 
 
 @dataclass(frozen=True)

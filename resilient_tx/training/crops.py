@@ -1,0 +1,37 @@
+"""Random training crops from images held in memory (augmentation: flips)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from resilient_tx.errors import InputError
+
+
+class CropSampler:
+    """Random crops with horizontal/vertical flips from images held in memory as uint8."""
+
+    def __init__(self, images: list[np.ndarray], crop: int, seed: int) -> None:
+        small = [i for i, a in enumerate(images) if min(a.shape[:2]) < crop]
+        if small:
+            raise InputError(f"{len(small)} training image(s) smaller than crop={crop}")
+        self.images = [torch.from_numpy(a).permute(2, 0, 1).contiguous() for a in images]
+        self.crop = crop
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(0, high, (1,), generator=self.gen))
+
+    def batch(self, size: int) -> torch.Tensor:
+        out = []
+        for _ in range(size):
+            img = self.images[self._randint(len(self.images))]
+            _, h, w = img.shape
+            y, x = self._randint(h - self.crop + 1), self._randint(w - self.crop + 1)
+            c = img[:, y : y + self.crop, x : x + self.crop]
+            if self._randint(2):
+                c = c.flip(2)
+            if self._randint(2):
+                c = c.flip(1)
+            out.append(c)
+        return torch.stack(out).float() / 255.0
