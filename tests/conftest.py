@@ -1,13 +1,9 @@
-"""Shared, generic fixtures. Keep this small: module-specific helpers live in their test files."""
+"""Shared, generic fixtures. Plain helper functions live in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -49,14 +45,3 @@ def tiny_config() -> ModelConfig:
         mim_depth=1,
         mim_heads=2,
     )
-
-
-def load_simulation(name: str) -> ModuleType:
-    """Import ``simulations/<name>.py`` (not a package) as module ``name``."""
-    path = Path(__file__).resolve().parents[1] / "simulations" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses in the script look their module up by name
-    spec.loader.exec_module(mod)
-    return mod

@@ -11,7 +11,7 @@ from resilient_tx.images import load_rgb
 from resilient_tx.resilience import fec
 from resilient_tx.resilience.collector import Collector
 from resilient_tx.resilience.packetizer import PacketizedImage, Packetizer
-from tests.test_packetizer import make_codec
+from tests.helpers import make_codec
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import load_simulation
 from PIL import Image
 
 from resilient_tx.app.demo import sample_path
 from resilient_tx.images import load_rgb
+from tests.helpers import load_simulation
 
 
 def _load_script():

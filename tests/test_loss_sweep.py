@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import load_simulation
 from PIL import Image
 
 from resilient_tx.app.demo import sample_path
 from resilient_tx.images import load_rgb
 from resilient_tx.resilience import fec
+from tests.helpers import load_simulation
 
 
 @pytest.fixture(scope="module")

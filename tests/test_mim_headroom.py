@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_simulation
 
 from resilient_tx.app.demo import sample_path
 from resilient_tx.codec import entropy
@@ -16,6 +15,7 @@ from resilient_tx.codec.image_codec import Codec
 from resilient_tx.eval.metrics import psnr
 from resilient_tx.images import load_rgb
 from resilient_tx.zoo.registry import get_model
+from tests.helpers import load_simulation
 
 
 @pytest.fixture(scope="module")

@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from resilient_tx.app.demo import sample_path
 from resilient_tx.codec import layout
-from resilient_tx.codec.image_codec import Codec
-from resilient_tx.config import ModelConfig
 from resilient_tx.errors import InputError
 from resilient_tx.images import load_rgb
-from resilient_tx.model import PQMIM
 from resilient_tx.resilience import fec, uep
 from resilient_tx.resilience.packet import Packet
 from resilient_tx.resilience.packetizer import Packetizer, context_stages, spread_stages
-from resilient_tx.zoo.checkpoint import load_model, save_model
-
-
-def make_codec(tmp_path: Path, cfg: ModelConfig, seed: int = 0) -> Codec:
-    torch.manual_seed(seed)
-    marg = torch.randint(1, 50, (cfg.num_subvectors, cfg.codebook_size))
-    save_model(tmp_path / "tiny.pt", PQMIM(cfg), marg, {})
-    return Codec(load_model(tmp_path / "tiny.pt"))
+from tests.helpers import make_codec
 
 
 @pytest.fixture

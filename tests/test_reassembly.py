@@ -19,7 +19,7 @@ from resilient_tx.resilience import fec
 from resilient_tx.resilience.packet import Packet
 from resilient_tx.resilience.packetizer import PacketizedImage, Packetizer
 from resilient_tx.resilience.reassembly import ImageAssembler, decode_tokens, report
-from tests.test_packetizer import make_codec
+from tests.helpers import make_codec
 
 TINY = ModelConfig(widths=(8, 8, 8), latent_dim=16, num_subvectors=2, codebook_size=16,
                    latent_blocks=1, latent_heads=2, mim_dim=16, mim_depth=1, mim_heads=2)
