@@ -9,11 +9,12 @@ import pytest
 
 from resilient_tx.app.demo import sample_path
 from resilient_tx.codec import layout
+from resilient_tx.codec.stage_coder import context_stages
 from resilient_tx.errors import InputError
 from resilient_tx.images import load_rgb
 from resilient_tx.resilience import fec, uep
 from resilient_tx.resilience.packet import Packet
-from resilient_tx.resilience.packetizer import Packetizer, context_stages, spread_stages
+from resilient_tx.resilience.packetizer import Packetizer, spread_stages
 from tests.helpers import make_codec
 
 

@@ -9,7 +9,6 @@ on one machine and a decoder on another (CPU vs CUDA, any thread count) agree bi
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,17 +16,11 @@ import torch
 from resilient_tx.codec import entropy
 from resilient_tx.codec.container import EncodedImage, StageStream
 from resilient_tx.codec.partition import quincunx_stages, stage_indices
-from resilient_tx.errors import BitstreamError, InputError, ModelMismatchError
+from resilient_tx.codec.stage_coder import StageCoder, TokenProbabilities, TrunkAndHeads
+from resilient_tx.errors import InputError, ModelMismatchError
 from resilient_tx.images import to_tensor, to_uint8
 from resilient_tx.model import pad_to_multiple
 from resilient_tx.zoo.checkpoint import LoadedModel
-
-
-@dataclass(frozen=True)
-class StageCoding:
-    """Where a stage's tokens sit in the raster token grid and how they are ordered."""
-
-    positions: np.ndarray  # flat raster indices, shape (n,)
 
 
 class Codec:
@@ -38,16 +31,23 @@ class Codec:
         self.device = torch.device(device)
         self.net = model.net.to(self.device).eval()
         # The entropy model runs in float64: see the entropy module for why.
-        self.mim64 = copy.deepcopy(model.net.mim).double().to(self.device).eval()
+        mim64: TrunkAndHeads = copy.deepcopy(model.net.mim).double().to(self.device).eval()
         self.cfg = model.cfg
-        self.marginal_cdf = entropy.counts_to_cdf(model.marginals)  # (M, V+1)
+        self.probs = TokenProbabilities(mim64, model.marginals, self.device)
+        self.marginal_cdf = self.probs.marginal_cdf  # (M, V+1)
 
     # ----- geometry -------------------------------------------------------------------
     def grid(self, width: int, height: int) -> tuple[int, int]:
+        """Token grid (h, w) of a ``width`` x ``height`` image."""
         f = self.cfg.downsample
         return -(-height // f), -(-width // f)
 
+    def stage_coder(self, h: int, w: int, depth: int = 0) -> StageCoder:
+        """A fresh stage coder for one (h, w) token grid and context depth."""
+        return StageCoder(self.probs, self.cfg.num_subvectors, h, w, self.cfg.stages, depth)
+
     def stages(self, h: int, w: int) -> list[np.ndarray]:
+        """Flat raster positions of each stage's tokens, in coding order."""
         return stage_indices(h, w, self.cfg.stages)
 
     def stage_map(self, h: int, w: int) -> torch.Tensor:
@@ -66,66 +66,20 @@ class Codec:
         x = self.net.reconstruct(tokens[None].to(self.device))
         return to_uint8(x[..., :height, :width])
 
-    # ----- probabilities --------------------------------------------------------------
-    @torch.no_grad()
-    def stage_cdfs(self, known: torch.Tensor, stage: int, positions: np.ndarray,
-                   hidden: torch.Tensor, cache: dict[bytes, torch.Tensor] | None = None
-                   ) -> torch.Tensor:
-        """int64 CDFs (n, M, V+1) for ``positions`` of ``stage`` (1-based).
-
-        ``known`` (M, h, w) holds every token of earlier stages; ``hidden`` (h, w) is True
-        where a token is not (yet) known to the decoder. With a ``cache`` (one per image),
-        the MIM trunk runs once per distinct ``hidden`` mask: the caller promises that equal
-        masks come with equal visible tokens, which holds for the stages that share a
-        context under a context depth. The heads then run per stage, so the CDFs are
-        exactly those of an uncached call.
-        """
-        n = len(positions)
-        if stage == 1:
-            return self.marginal_cdf.unsqueeze(0).expand(n, -1, -1)
-        key = hidden.detach().cpu().numpy().tobytes()
-        feats = cache.get(key) if cache is not None else None
-        if feats is None:
-            feats = self.mim64.features(known[None].to(self.device),
-                                        hidden[None].to(self.device))
-            if cache is not None:
-                cache[key] = feats
-        sel = self.mim64.heads_at(feats, torch.from_numpy(positions).to(self.device))
-        return entropy.logits_to_cdf(sel)
-
-    def _stage_symbols(self, tokens: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
-        m = tokens.shape[0]
-        return tokens.reshape(m, -1)[:, torch.from_numpy(positions)].T.contiguous()  # (n, M)
-
     # ----- tokens <-> stage bitstreams ------------------------------------------------
+    def stage_cdfs(self, known: torch.Tensor, stage: int, positions: np.ndarray,
+                   hidden: torch.Tensor) -> torch.Tensor:
+        """CDFs of ``positions`` of ``stage`` under any ``hidden`` mask (for probes that
+        try other contexts than the stage coder's rule)."""
+        return self.probs.cdfs(known, stage, positions, hidden)
+
     def encode_tokens(self, tokens: torch.Tensor) -> tuple[StageStream, ...]:
-        m, h, w = tokens.shape
-        grid_stage = self.stage_map(h, w)
-        out = []
-        for s, pos in enumerate(self.stages(h, w), start=1):
-            sym = self._stage_symbols(tokens, pos)
-            cdf = self.stage_cdfs(tokens, s, pos, grid_stage >= s)
-            out.append(StageStream(entropy.encode(cdf, sym), sym.shape[0],
-                                   entropy.symbols_crc(sym)))
-        return tuple(out)
+        """Tokens (M, h, w) -> one stream per stage, each given all earlier stages."""
+        return self.stage_coder(*tokens.shape[1:]).compress(tokens)
 
     def decode_tokens(self, streams: tuple[StageStream, ...], h: int, w: int) -> torch.Tensor:
-        stages = self.stages(h, w)
-        if len(streams) != len(stages):
-            raise BitstreamError(f"expected {len(stages)} stages, found {len(streams)}")
-        m = self.cfg.num_subvectors
-        tokens = torch.zeros(m, h * w, dtype=torch.int64)
-        hidden = torch.ones(h * w, dtype=torch.bool)
-        for s, (pos, st) in enumerate(zip(stages, streams, strict=True), start=1):
-            if st.symbols != len(pos):
-                raise BitstreamError(f"stage {s}: {st.symbols} symbols, grid needs {len(pos)}")
-            cdf = self.stage_cdfs(tokens.reshape(m, h, w), s, pos, hidden.reshape(h, w))
-            sym = entropy.decode(cdf.reshape(-1, cdf.shape[-1]), st.data).reshape(-1, m)
-            entropy.check_crc(sym, st.crc, f"stage {s}")
-            idx = torch.from_numpy(pos)
-            tokens[:, idx] = sym.T
-            hidden[idx] = False
-        return tokens.reshape(m, h, w)
+        """Inverse of :meth:`encode_tokens` on an (h, w) grid."""
+        return self.stage_coder(h, w).decompress(streams)
 
     def marginal_only_bytes(self, tokens: torch.Tensor) -> int:
         """Bytes to code the same tokens with the stage-1 marginals only (MIM ablation)."""

@@ -221,7 +221,8 @@ class MimInpainter(Inpainter):
         return self._fill_confidence(tokens.clone(), ~known)
 
     def _fill_quincunx(self, tokens: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
-        grid = torch.from_numpy(quincunx_stages(*unknown.shape, self.stages))
+        h, w = unknown.shape
+        grid = torch.from_numpy(quincunx_stages(h, w, self.stages))
         for s in range(1, self.stages + 1):
             sel = unknown & (grid == s)
             if bool(sel.any()):

@@ -1,26 +1,16 @@
-"""Sender side of the loss-resilient layer: image -> tokens -> per-stage chunks -> packets.
+"""Sender side of the packet layer: tokens -> per-stage chunks -> FEC shards -> packets.
 
-Issue 3, item 2. Each quincunx stage (PQ-MIM paper Sec. 3.2) is split into k chunks and
-every chunk is its own torchac bitstream coded with the stage's MIM conditionals, which
-depend only on *earlier* stages. So any chunk of stage s that arrives can be decoded
-exactly once stages 1..s-1 are complete, whatever happened to the other chunks of s.
-Chunks interleave spatial neighbours and are balanced in bytes (:mod:`layout`); a
-Reed-Solomon code across the k chunks (:mod:`fec`) adds the stage's parity packets.
-
-A chunk is ``layout seed u8 | CRC32 u32 of its symbols | torchac bytes``: the seed lets the
-receiver rebuild which tokens the chunk holds, the CRC catches any desynchronisation.
-
-Context depth. By default stage s is conditioned on *all* earlier stages, the paper's
-chain: cheapest in bits, but one unrecoverable stage makes every later one undecodable.
-With ``context_depth=c`` stages after c are conditioned on stages 1..c only (the MIM was
-trained with arbitrary masks, so it handles this), so a lost stage 3 no longer takes
-stages 4 and 5 with it, at the price of some bits. The depth travels in the packet flags.
+What a chunk holds and how it is coded belongs to the stage coder
+(:mod:`~resilient_tx.codec.stage_coder`: context rule, chunk format). This module only
+*cuts*: for each quincunx stage it chooses how many chunks k (each must fit a packet after
+the FEC prefix and the packet header) and the layout seed that balances their bytes, adds
+the Reed-Solomon parity the FEC profile plans (:mod:`fec`, :mod:`uep`), and wraps every
+shard in a packet header. A loss-rate profile also chooses the packet size.
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,19 +18,13 @@ import torch
 
 from resilient_tx.codec import entropy, layout
 from resilient_tx.codec.image_codec import Codec
+from resilient_tx.codec.stage_coder import CHUNK_HEADER, DEPTH_MASK, StageCoder, check_depth
 from resilient_tx.errors import InputError
 from resilient_tx.resilience import fec, uep
 from resilient_tx.resilience.packet import DEFAULT_MAX_PACKET, HEADER_SIZE, MAX_U16, Packet
 
-CHUNK_HEADER = struct.Struct("<BI")  # layout seed, CRC32 of the chunk's symbols
-DEPTH_MASK = 0x07  # packet flag bits holding the context depth
 PACKET_DIVISORS = (1, 2, 3, 4)  # packet sizes a loss-rate profile tries: max_packet / d
 MIN_PLANNED_CHUNK = 64  # smaller chunks would spend more on headers than they save
-
-
-def context_stages(stage: int, depth: int) -> int:
-    """How many leading stages stage ``stage`` is conditioned on (depth 0 = all earlier)."""
-    return stage - 1 if depth == 0 else min(stage - 1, depth)
 
 
 @dataclass(frozen=True)
@@ -74,12 +58,6 @@ class PacketizedImage:
         return sum(len(c) for st in self.stages for c in st.chunks)
 
 
-def encode_chunk(cdf: torch.Tensor, symbols: torch.Tensor, seed: int) -> bytes:
-    """One chunk: header + torchac bitstream of ``symbols`` (n, M) under ``cdf`` (n, M, L)."""
-    head = CHUNK_HEADER.pack(seed, entropy.symbols_crc(symbols))
-    return head + entropy.encode(cdf.reshape(-1, cdf.shape[-1]), symbols.reshape(-1))
-
-
 def _chunk_capacity(max_packet: int) -> int:
     """Bitstream bytes one chunk may hold so that its shard fits a ``max_packet`` packet."""
     return fec.max_chunk_size(max_packet) - CHUNK_HEADER.size
@@ -107,9 +85,7 @@ class Packetizer:
                  context_depth: int = 0) -> None:
         if min_chunks < 1:
             raise InputError(f"min_chunks must be >= 1, got {min_chunks}")
-        if not 0 <= context_depth <= DEPTH_MASK:
-            raise InputError(f"context depth must be in [0, {DEPTH_MASK}], got {context_depth}")
-        self.context_depth = context_depth
+        self.context_depth = check_depth(context_depth)
         self.codec = codec
         self.profile = profile
         self.rate_point = rate_point
@@ -130,18 +106,13 @@ class Packetizer:
         return PacketizedImage(image_id, width, height, packets, plans, tokens)
 
     def plan_stages(self, tokens: torch.Tensor) -> tuple[StagePlan, ...]:
-        m, h, w = tokens.shape
-        grid = self.codec.stage_map(h, w)
-        coded = []  # (symbols, CDFs, share of the tokens, context) per stage
-        trunk: dict[bytes, torch.Tensor] = {}  # stages sharing a context share a MIM pass
-        for s, pos in enumerate(self.codec.stages(h, w), start=1):
-            sym = tokens.reshape(m, -1)[:, torch.from_numpy(pos)].T.contiguous()  # (n, M)
-            context = context_stages(s, self.context_depth)
-            cdf = self.codec.stage_cdfs(tokens, s, pos, grid > context, trunk)
-            coded.append((sym, cdf, len(pos) / (h * w), context))
-        best: tuple[float, list, tuple[int, ...]] | None = None
+        _, h, w = tokens.shape
+        coder = self.codec.stage_coder(h, w, self.context_depth)
+        coded = [(coder.symbols(tokens, s), coder.cdfs(s, tokens), coder.share(s),
+                  coder.context(s)) for s in range(1, coder.num_stages + 1)]
+        best: tuple[float, list[tuple[int, tuple[bytes, ...]]], tuple[int, ...]] | None = None
         for capacity in self._capacities():
-            cuts = [self._cut_stage(sym, cdf, capacity) for sym, cdf, _, _ in coded]
+            cuts = [self._cut_stage(coder, sym, cdf, capacity) for sym, cdf, _, _ in coded]
             shapes = [uep.StageShape(len(chunks), HEADER_SIZE + fec.PREFIX_SIZE
                                      + max(len(c) for c in chunks), share, context)
                       for (_, chunks), (_, _, share, context) in zip(cuts, coded, strict=True)]
@@ -151,7 +122,8 @@ class Packetizer:
             score = self.profile.score(shapes, parity)
             if best is None or score < best[0]:
                 best = (score, cuts, parity)
-        assert best is not None  # _capacities() is never empty
+        if best is None:
+            raise AssertionError("_capacities() is never empty")
         _, cuts, parity = best
         return tuple(StagePlan(s, len(chunks), par, seed, chunks)
                      for s, ((seed, chunks), par) in enumerate(zip(cuts, parity, strict=True),
@@ -171,18 +143,17 @@ class Packetizer:
                 out.append(cap)
         return out
 
-    def _cut_stage(self, sym: torch.Tensor, cdf: torch.Tensor,
+    def _cut_stage(self, coder: StageCoder, sym: torch.Tensor, cdf: torch.Tensor,
                    capacity: int) -> tuple[int, tuple[bytes, ...]]:
         """(layout seed, chunk bytes) of one stage: k chunks of at most ``capacity`` bytes
         of bitstream each, balanced in bytes."""
         n = sym.shape[0]
-        bits = entropy.code_lengths(cdf, sym).reshape(n, -1).sum(-1)
+        bits = entropy.code_lengths(cdf, sym).reshape(n, sym.shape[1]).sum(-1)
         k = max(self.min_chunks, math.ceil(bits.sum() / 8 / (0.9 * capacity)))
         k = min(k, max(1, n))
         while True:  # the estimate rarely undershoots; then one more chunk is enough
             seed = layout.best_seed(bits, k)
-            members = layout.chunk_members(n, k, seed)
-            chunks = tuple(encode_chunk(cdf[idx], sym[idx], seed) for idx in members)
+            chunks = coder.encode_chunks(sym, cdf, k, seed)
             if max(len(c) for c in chunks) <= capacity + CHUNK_HEADER.size or k >= n:
                 break
             k += 1
@@ -194,5 +165,5 @@ class Packetizer:
         n = len(shards)
         return [Packet(image_id=image_id, model_id=self.codec.model.model_id, width=width,
                        height=height, rate_point=self.rate_point, stage=plan.stage, index=i,
-                       k=plan.k, n=n, payload=shard, flags=self.context_depth)
+                       k=plan.k, n=n, payload=shard, flags=self.context_depth & DEPTH_MASK)
                 for i, shard in enumerate(shards)]

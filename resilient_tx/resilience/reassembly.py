@@ -1,39 +1,35 @@
-"""Receiver side of the loss-resilient layer: packets -> exact tokens where possible -> image.
+"""Receiver side of the packet layer: packets -> exact tokens where possible.
 
-Issue 3, item 4 ("decoding what arrives without ever decoding garbage"). Stage s is coded
-with every token of stages < s as context (PQ-MIM paper Sec. 3.2). So the receiver walks
-the stages in order:
+The receiver walks the quincunx stages in order (PQ-MIM paper Sec. 3.2):
 
 1. FEC-recover the stage if at least k of its n shards arrived (:mod:`fec`);
 2. otherwise keep whichever data chunks arrived;
-3. decode each available chunk *only if stages 1..s-1 are complete*: then its context is
-   exactly the sender's, and the chunk's CRC32 confirms every symbol;
-4. from the first incomplete stage on, later packets cannot be decoded exactly: their
-   bytes are counted as unusable, never guessed at.
+3. decode each available chunk *only if the stage's context is complete* (the stage
+   coder's rule): then its probabilities are exactly the sender's, and the chunk's CRC32
+   confirms every symbol;
+4. bytes of stages whose context is incomplete are counted as unusable, never guessed at.
 
-Every position not decoded this way is inpainted on purpose (:mod:`inpaint`). Nothing
-here touches a socket: :class:`ImageAssembler` is a state machine fed packets by a
-transport or a simulator, in any order, with duplicates.
+Every position not decoded this way is left to the inpainter, on purpose. Nothing here
+touches a socket: :class:`ImageAssembler` is a state machine fed packets by a transport
+or a simulator, in any order, with duplicates.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
-from resilient_tx.codec import entropy, layout
 from resilient_tx.codec.image_codec import Codec
+from resilient_tx.codec.stage_coder import StageCoder, depth_from_flags
 from resilient_tx.errors import BitstreamError
 from resilient_tx.resilience import fec
 from resilient_tx.resilience.packet import HEADER_SIZE, Packet
-from resilient_tx.resilience.packetizer import CHUNK_HEADER, DEPTH_MASK, context_stages
 
 
 @dataclass(frozen=True)
 class ReceiveReport:
-    """What happened to one image (issue 3, item 4: the per-image report)."""
+    """What happened to one image: packets, FEC, tokens decoded and inpainted, bytes."""
 
     image_id: int
     width: int
@@ -122,22 +118,18 @@ def decode_tokens(codec: Codec, asm: ImageAssembler) -> tuple[torch.Tensor, torc
     """Exact tokens (M, h, w) and the mask of positions decoded exactly (h, w)."""
     h, w = codec.grid(asm.width, asm.height)
     m = codec.cfg.num_subvectors
-    stages = codec.stages(h, w)
-    grid = codec.stage_map(h, w)
-    dec = _Decoding(torch.zeros(m, h * w, dtype=torch.int64), torch.zeros(h * w, dtype=bool))
-    depth = asm.flags & DEPTH_MASK
+    coder = codec.stage_coder(h, w, depth_from_flags(asm.flags))
+    dec = _Decoding(torch.zeros(m, h * w, dtype=torch.int64), torch.zeros(h * w, dtype=torch.bool))
     complete: list[bool] = []  # complete[i]: stage i + 1 decoded exactly
-    trunk: dict[bytes, torch.Tensor] = {}  # see Codec.stage_cdfs: contexts are exact here
-    for s, pos in enumerate(stages, start=1):
+    for s in range(1, coder.num_stages + 1):
         st = asm.stages.get(s)
         if st is None:
             complete.append(False)
-            continue
-        if not all(complete[: context_stages(s, depth)]):
+        elif not coder.decodable(s, complete):
             dec.unusable += _wire_bytes(st, st.shards)  # context inexact: never guess
             complete.append(False)
-            continue
-        complete.append(_decode_stage(codec, s, pos, grid, st, dec, depth, trunk))
+        else:
+            complete.append(_decode_stage(coder, s, st, dec))
     return dec.tokens.reshape(m, h, w), dec.known.reshape(h, w), dec
 
 
@@ -159,20 +151,18 @@ def _available_chunks(st: _Stage) -> tuple[dict[int, bytes], int]:
     return chunks, 0
 
 
-def _decode_stage(codec: Codec, s: int, pos: np.ndarray, grid: torch.Tensor, st: _Stage,
-                  dec: _Decoding, depth: int, trunk: dict[bytes, torch.Tensor]) -> bool:
+def _decode_stage(coder: StageCoder, s: int, st: _Stage, dec: _Decoding) -> bool:
     """Decode what can be decoded of stage ``s``; True if the whole stage is now exact."""
-    m = codec.cfg.num_subvectors
-    h, w = grid.shape
     chunks, recovered = _available_chunks(st)
     dec.recovered += recovered
-    # Hidden = every stage beyond the context; what the sender hid (packetizer.py).
-    hidden = grid > context_stages(s, depth)
-    known = torch.where(hidden.reshape(-1), 0, dec.tokens)  # not-yet-exact slots are masked
-    cdf = codec.stage_cdfs(known.reshape(m, h, w), s, pos, hidden, trunk)
+    cdf = coder.cdfs(s, dec.tokens.reshape(coder.m, coder.height, coder.width))
     ok = 0
     for j, chunk in chunks.items():
-        if _decode_chunk(cdf, pos, st.k, j, chunk, dec):
+        got = coder.decode_chunk(s, cdf, st.k, j, chunk)
+        if got is not None:
+            where = torch.from_numpy(got.positions)
+            dec.tokens[:, where] = got.symbols.T
+            dec.known[where] = True
             ok += 1
         elif j in st.shards:
             dec.unusable += _wire_bytes(st, [j])
@@ -182,26 +172,6 @@ def _decode_stage(codec: Codec, s: int, pos: np.ndarray, grid: torch.Tensor, st:
     exact = ok == st.k
     dec.complete += int(exact)
     return exact
-
-
-def _decode_chunk(cdf: torch.Tensor, pos: np.ndarray, k: int, j: int, chunk: bytes,
-                  dec: _Decoding) -> bool:
-    if len(chunk) < CHUNK_HEADER.size:
-        return False
-    seed, crc = CHUNK_HEADER.unpack_from(chunk)
-    idx = layout.chunk_members(len(pos), k, seed)[j]
-    sel = cdf[torch.from_numpy(idx)]
-    try:
-        sym = entropy.decode(sel.reshape(-1, sel.shape[-1]), chunk[CHUNK_HEADER.size:])
-    except BitstreamError:  # e.g. data for a chunk that, per its header, holds no tokens
-        return False
-    sym = sym.reshape(len(idx), -1)
-    if entropy.symbols_crc(sym) != crc:
-        return False
-    where = torch.from_numpy(pos[idx])
-    dec.tokens[:, where] = sym.T
-    dec.known[where] = True
-    return True
 
 
 def report(asm: ImageAssembler, dec: _Decoding) -> ReceiveReport:

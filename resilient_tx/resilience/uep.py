@@ -1,6 +1,6 @@
 """Unequal error protection: the parity per stage that costs the least expected quality.
 
-Issue 3, item 3 (the FEC profile "derived from a target loss rate"). The rule-based
+The rule-based
 profiles of ``configs/fec.yaml`` give each stage a fixed parity ratio. This module instead
 chooses every stage's parity count together, for a known loss rate p and the actual shape of
 one image's packets, by minimising the expected gap to the oracle -- the same image received
@@ -10,9 +10,9 @@ Model (i.i.d. loss; :func:`packetizer.spread_stages` makes bursty loss look clos
 stage). Stage s goes out as k data and m parity packets of one size; with L ~ Binomial(k+m, p)
 of them lost it is complete when L <= m. When it is not, the data chunks that were lost stay
 lost -- the others still decode, each chunk being its own bitstream -- an expected share
-``e(k, m) = E[L; L > m] / (k + m)`` of the stage. A stage is decoded only when every stage in
-its context (:func:`packetizer.context_stages`) is complete, so the expected share of the
-image's tokens left to the inpainter is::
+``e(k, m) = E[L; L > m] / (k + m)`` of the stage. A stage is decoded only when every stage
+in its context (:func:`~resilient_tx.codec.stage_coder.context_stages`) is complete, so the
+expected share of the image's tokens left to the inpainter is::
 
     lost(m) = sum_s f_s * (1 - (1 - e(k_s, m_s)) * prod_{j in context(s)} P(L_j <= m_j))
 
@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
 from resilient_tx.errors import ConfigError, InputError
 
@@ -132,6 +132,12 @@ def cost(stages: Sequence[StageShape], parity: Sequence[int], p: float,
     return score(stages, parity, p, model) - model.db_per_doubling * math.log2(data)
 
 
+def _trial(stages: Sequence[StageShape], parity: list[int], s: int, p: float,
+           model: DistortionModel, m: int) -> tuple[float, int]:
+    """Sort key of parity ``m`` for stage ``s`` with the others fixed (ties: less parity)."""
+    return score(stages, [*parity[:s], m, *parity[s + 1:]], p, model), m
+
+
 def allocate(stages: Sequence[StageShape], p: float, model: DistortionModel,
              floor: Sequence[int] | None = None) -> tuple[int, ...]:
     """Parity per stage minimising :func:`cost` (via :func:`score`, the same ranking
@@ -153,8 +159,7 @@ def allocate(stages: Sequence[StageShape], p: float, model: DistortionModel,
         for s, st in enumerate(stages):
             top = min(MAX_CODEWORD - st.k, parity[s] + 4 * st.k + 24)
             best = min(range(lows[s], top + 1),
-                       key=lambda m, s=s: (score(stages, [*parity[:s], m, *parity[s + 1:]],
-                                                 p, model), m))
+                       key=partial(_trial, stages, parity, s, p, model))
             if best != parity[s]:
                 parity[s], changed = best, True
         if not changed:
