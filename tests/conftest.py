@@ -45,3 +45,14 @@ def tiny_config() -> ModelConfig:
         mim_depth=1,
         mim_heads=2,
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the fast tests first and the ones marked ``slow`` after them (stable order);
+    skip tests marked ``gpu`` where CUDA is not available."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+    if not torch.cuda.is_available():
+        no_gpu = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if item.get_closest_marker("gpu") is not None:
+                item.add_marker(no_gpu)

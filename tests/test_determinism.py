@@ -39,3 +39,19 @@ def test_one_thread_encode_two_thread_decode_identical(tmp_path: Path) -> None:
     assert summary["streams"] == 6 and summary["images"] == 3
     assert summary["mismatched_tokens"] == 0 and summary["failed_streams"] == []
     assert summary["tokens"] > 0
+
+
+@pytest.mark.gpu
+def test_cpu_encode_cuda_decode_identical() -> None:
+    """Streams coded on the CPU decode to the same tokens on a GPU (float64 MIM, integer
+    CDFs): the cross-device half of the determinism promise."""
+    import torch
+
+    from resilient_tx.codec.image_codec import Codec
+    from resilient_tx.zoo.registry import get_model
+
+    img = load_rgb(sample_path())[:256, :384]
+    cpu, gpu = Codec(get_model("low"), "cpu"), Codec(get_model("low"), "cuda")
+    tokens = cpu.image_to_tokens(img)
+    streams = cpu.encode_tokens(tokens)
+    assert torch.equal(gpu.decode_tokens(streams, *tokens.shape[1:]), tokens)
