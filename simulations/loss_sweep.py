@@ -44,10 +44,8 @@ from resilient_tx.codec.inpaint import get_inpainter  # noqa: E402
 from resilient_tx.errors import ResilientTxError  # noqa: E402
 from resilient_tx.eval import jpeg_baseline, metrics  # noqa: E402
 from resilient_tx.images import list_images, load_rgb  # noqa: E402
-from resilient_tx.resilience import fec  # noqa: E402
-from resilient_tx.resilience.packet import Packet  # noqa: E402
+from resilient_tx.resilience import fec, reassembly  # noqa: E402
 from resilient_tx.resilience.packetizer import PacketizedImage, Packetizer  # noqa: E402
-from resilient_tx.resilience.reassembly import ImageAssembler, decode_tokens, report  # noqa: E402
 from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
 from resilient_tx.transport import channel  # noqa: E402
 from resilient_tx.zoo.registry import DEFAULT_RATE, available_rates, get_model  # noqa: E402
@@ -78,20 +76,9 @@ def _profile(name: str, loss: float) -> fec.FecProfile:
     return fec.for_loss(loss) if name == FOR_LOSS else fec.get_profile(name)
 
 
-def _receive(codec: Codec, raw: list[bytes]):
-    packets = []
-    for b in raw:
-        try:
-            packets.append(Packet.parse(b))
-        except ResilientTxError:
-            continue  # corrupted on the way: a loss
-    if not packets:
-        return None
-    asm = ImageAssembler(packets[0])
-    for p in packets[1:]:
-        asm.add(p)
-    tokens, known, dec = decode_tokens(codec, asm)
-    return tokens, known, report(asm, dec)
+def _receive(codec: Codec, raw: list[bytes]) -> reassembly.ExactTokens | None:
+    asm = reassembly.assemble(raw)
+    return None if asm is None else reassembly.decode(codec, asm)
 
 
 def _quality(img: np.ndarray, recon: np.ndarray) -> tuple[float, float]:
@@ -111,7 +98,7 @@ def run_point(codec: Codec, img: np.ndarray, name: str, sent: PacketizedImage,
         tokens, known = torch.zeros_like(sent.tokens), torch.zeros(th, tw, dtype=torch.bool)
         rec_frac, unusable, inpainted = 0.0, 0.0, 1.0
     else:
-        tokens, known, rep = got
+        tokens, known, rep = got.tokens, got.known, got.report
         rec_frac = rep.packets_received / len(sent.packets)
         unusable = rep.bytes_unusable / max(1, rep.bytes_received)
         inpainted = rep.tokens_inpainted / rep.tokens

@@ -18,7 +18,7 @@ from resilient_tx.images import load_rgb
 from resilient_tx.resilience import fec
 from resilient_tx.resilience.packet import Packet
 from resilient_tx.resilience.packetizer import PacketizedImage, Packetizer
-from resilient_tx.resilience.reassembly import ImageAssembler, decode_tokens, report
+from resilient_tx.resilience.reassembly import ImageAssembler, assemble, decode
 from tests.helpers import make_codec
 
 TINY = ModelConfig(widths=(8, 8, 8), latent_dim=16, num_subvectors=2, codebook_size=16,
@@ -34,11 +34,17 @@ def setup(tmp_path_factory) -> tuple:
 
 
 def receive(codec, packets: list[Packet]):
-    asm = ImageAssembler(packets[0])
-    for p in packets[1:]:
-        asm.add(p)
-    tokens, known, dec = decode_tokens(codec, asm)
-    return tokens, known, report(asm, dec)
+    asm = assemble(bytes(p) for p in packets)
+    assert asm is not None
+    got = decode(codec, asm)
+    return got.tokens, got.known, got.report
+
+
+def test_assemble_skips_malformed_datagrams(setup) -> None:
+    _, out = setup
+    assert assemble([b"", b"RTXP", b"\x00" * 64]) is None
+    asm = assemble([b"junk", *(bytes(p) for p in out.packets[:3])])
+    assert asm is not None and asm.packets_received == 3
 
 
 def test_everything_arrives_everything_exact(setup) -> None:
@@ -138,7 +144,7 @@ def test_adversarial_headers_never_raise(setup) -> None:
         Packet(**{**first.__dict__, "payload": b"\x00" * 7}),  # too short for a chunk
     ]
     for bad in weird:
-        asm = ImageAssembler(bad)
-        tokens, known, dec = decode_tokens(codec, asm)
+        got = decode(codec, ImageAssembler(bad))
+        tokens, known = got.tokens, got.known
         assert tokens.shape == out.tokens.shape
         assert torch.equal(tokens[:, known], out.tokens[:, known])

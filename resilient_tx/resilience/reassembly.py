@@ -16,13 +16,14 @@ or a simulator, in any order, with duplicates.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 
 from resilient_tx.codec.image_codec import Codec
 from resilient_tx.codec.stage_coder import StageCoder, depth_from_flags
-from resilient_tx.errors import BitstreamError
+from resilient_tx.errors import BitstreamError, PacketError
 from resilient_tx.resilience import fec
 from resilient_tx.resilience.packet import HEADER_SIZE, Packet
 
@@ -184,3 +185,35 @@ def report(asm: ImageAssembler, dec: _Decoding) -> ReceiveReport:
         packets_rejected=asm.rejected, tokens=n_tokens, tokens_decoded=decoded,
         tokens_inpainted=n_tokens - decoded, bytes_received=asm.bytes_received,
         bytes_unusable=dec.unusable, complete_stages=dec.complete)
+
+
+@dataclass(frozen=True)
+class ExactTokens:
+    """What the packets of one image gave: tokens where ``known`` (h, w) is True are the
+    sender's exactly; the rest are placeholders for the inpainter."""
+
+    tokens: torch.Tensor  # (M, h, w)
+    known: torch.Tensor  # (h, w) bool
+    report: ReceiveReport
+
+
+def decode(codec: Codec, asm: ImageAssembler) -> ExactTokens:
+    """Decode every exactly decodable token of an assembled image, with its report."""
+    tokens, known, dec = decode_tokens(codec, asm)
+    return ExactTokens(tokens, known, report(asm, dec))
+
+
+def assemble(datagrams: Iterable[bytes]) -> ImageAssembler | None:
+    """The packets of one image, from raw datagrams (malformed ones count as lost);
+    None if no valid packet arrived."""
+    asm: ImageAssembler | None = None
+    for raw in datagrams:
+        try:
+            p = Packet.parse(raw)
+        except PacketError:
+            continue
+        if asm is None:
+            asm = ImageAssembler(p)
+        else:
+            asm.add(p)
+    return asm
