@@ -10,6 +10,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """The torch device for a ``--device`` flag; ``auto`` picks CUDA when there is one."""
     if name not in DEVICES:
         raise InputError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
     if name == "auto":

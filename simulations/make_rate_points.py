@@ -1,9 +1,9 @@
 """Regenerate the shipped k-means rate points (VQGAN extreme-compression paper, Sec. 2.2).
 
 Every file in ``resilient_tx/models/derived/`` references its base model by id, so after a
-base model is retrained they must be regenerated; this does all of them in one go (about
-two minutes per base on one CPU thread: the encoder runs once per training image for all k
-of a base). Same as ``resilient-tx derive-rate --base B --k K1 K2 ...`` for each base.
+base model is retrained they must be regenerated; this does all of them in one go (the
+encoder runs once per training image for all k of a base). Same as
+``resilient-tx derive-rate --base B --k K1 K2 ...`` for each base.
 
     python simulations/make_rate_points.py                  # every shipped base in PLAN
     python simulations/make_rate_points.py --bases low --threads 1
@@ -20,9 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from resilient_tx.app.derive_rate import DEFAULT_DATA  # noqa: E402
 from resilient_tx.errors import InputError, ResilientTxError  # noqa: E402
 from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
-from resilient_tx.training import kmeans  # noqa: E402
+from resilient_tx.training.kmeans import derive_rate_points, training_files  # noqa: E402
+from resilient_tx.zoo.derived import save_derived  # noqa: E402
 from resilient_tx.zoo.registry import derived_dir, get_model  # noqa: E402
 
 #: base rate -> codebook sizes to derive. More k per base cost no extra encoder passes, but
@@ -34,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--bases", nargs="+", help=f"bases to do (default: those of {sorted(PLAN)} "
                    "that are shipped)")
-    p.add_argument("--data", default=str(kmeans.DEFAULT_DATA), help="training images")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="training images")
     p.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
     p.add_argument("--out-dir", default=None, help="default: resilient_tx/models/derived/")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
@@ -48,13 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = sorted(set(bases) - set(PLAN))
         if unknown:
             raise InputError(f"no plan for base(s) {unknown}; plan: {PLAN}")
-        files = kmeans.training_files(args.data, args.limit)
+        files = training_files(args.data, args.limit)
         out_dir = Path(args.out_dir) if args.out_dir else derived_dir()
         for name in bases:
             base = get_model(name)
-            for pt in kmeans.derive_rate_points(base, PLAN[name], files, device=device):
+            for pt in derive_rate_points(base, PLAN[name], files, device=device):
                 path = out_dir / f"{pt.name}.pt"
-                mid = kmeans.save_derived(path, pt)
+                mid = save_derived(path, pt)
                 print(f"{pt.name}: model {mid.hex()} -> {path} "
                       f"({path.stat().st_size / 1024:.1f} KiB), "
                       f"{pt.meta['marginal_bits']:.3f} bits/sub-index (marginals)")

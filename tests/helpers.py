@@ -15,7 +15,9 @@ import torch
 from resilient_tx.codec.image_codec import Codec
 from resilient_tx.config import ModelConfig
 from resilient_tx.model import PQMIM
-from resilient_tx.zoo.checkpoint import load_model, save_model
+from resilient_tx.training.kmeans import cluster_codebooks, cluster_sum_marginals
+from resilient_tx.zoo.checkpoint import LoadedModel, load_model, save_model
+from resilient_tx.zoo.derived import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,3 +40,11 @@ def load_simulation(name: str) -> ModuleType:
     sys.modules[name] = mod  # dataclasses in the script look their module up by name
     spec.loader.exec_module(mod)
     return mod
+
+
+def derive_cluster_summed(base: LoadedModel, k: int, name: str = "") -> LoadedModel:
+    """A k-means rate point of ``base`` with cluster-summed marginals: unlike the shipped
+    points it needs no pass over training images, so tests can build one cheaply."""
+    books, _ = cluster_codebooks(base, k)
+    return build_model(base, books, cluster_sum_marginals(base, books),
+                       name or f"{base.name}-k{k}", {})

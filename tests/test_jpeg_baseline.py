@@ -1,4 +1,4 @@
-"""JPEG-over-packets baseline (issue 3, item 7): packetising, FEC, concealment."""
+"""JPEG-over-packets baseline: packetising, FEC, concealment."""
 
 from __future__ import annotations
 

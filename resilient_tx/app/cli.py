@@ -258,8 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(demo)
     demo.set_defaults(func=_cmd_demo)
 
+    from resilient_tx.app.derive_rate import add_parser as add_derive_rate_parser
     from resilient_tx.app.netcmd import add_parsers
-    from resilient_tx.training.kmeans import add_parser as add_derive_rate_parser
 
     add_parsers(sub)
     add_derive_rate_parser(sub)

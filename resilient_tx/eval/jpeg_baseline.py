@@ -1,11 +1,12 @@
 """Classic-codec baseline for the loss sweep: JPEG over packets, RFC 2435 style.
 
-Issue 3, item 7: "JPEG packetised per restart interval (restart markers) with simple
-concealment" and "JPEG plus the same Reed-Solomon FEC", compared at equal total bytes.
+Two baselines for the learned codec, compared at equal total bytes: JPEG packetised per
+restart interval (restart markers) with simple concealment, and JPEG plus the same
+Reed-Solomon FEC.
 
 Encoding. Baseline JPEG from Pillow's ``save(..., "JPEG", restart_marker_blocks=...)``
-(a recent option, present in the installed Pillow 13.0; an older Pillow ignores it and
-:func:`packetize_jpeg` then raises instead of sending one giant interval): 4:2:0 (16x16
+(a recent Pillow option; an older Pillow ignores it and :func:`packetize_jpeg` then
+raises instead of sending one giant interval): 4:2:0 (16x16
 MCUs), optimised Huffman tables, one restart interval per MCU row by default (halved
 until one interval fits a packet). A restart marker resets the DC predictors, so every
 interval decodes on its own: the unit of loss.
@@ -15,11 +16,10 @@ of RTP/JPEG (RFC 2435). All of SOI..SOS except the DHT segments depends only on 
 height, quality, restart interval), which ride in every packet's existing 36-byte
 header (width, height, rate point = quality, model id = ``b"JPEG"`` + the restart
 interval in MCUs); the receiver rebuilds that part by encoding a flat-gray picture with
-the same settings (:func:`reference`). The DHT segments (~110-210 bytes; 127 at 8300
-bytes for the 768x512 sample) are image-specific, so every payload starts with ``u16
-length + DHT``: any one packet that arrives brings the whole header. Standard (Annex K)
-tables would make the DHT implicit too, but cost far more than they save at the low
-rates of the sweep (10703 vs 7070 bytes at quality 8 on that sample).
+the same settings (:func:`reference`). The DHT segments are image-specific, so every
+payload starts with ``u16 length + DHT``: any one packet that arrives brings the whole
+header. Standard (Annex K) tables would make the DHT implicit too, but cost far more
+than they save at the low rates of the sweep.
 :func:`packetize_jpeg` checks that the rebuilt header equals the real one.
 
 Packets. The entropy-coded scan is cut at the restart markers; whole intervals are
@@ -36,7 +36,7 @@ parity per block comes from a function of k: :func:`flat_parity` (a fixed fracti
 natural choice at equal bytes) or :func:`profile_parity` (a named FEC profile's rule for
 one stage; the scan has no conditioning hierarchy, so every block gets one stage's rule,
 by default stage 5, the profiles' last and lightest). Shards are padded to the block's
-longest chunk and parity comes in whole packets, so with few packets (8300 bytes is ~7)
+longest chunk and parity comes in whole packets, so for a small image of few packets
 the parity granularity is coarse. Without FEC the chunk follows the DHT as is (no
 length prefix, no padding).
 
@@ -60,6 +60,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypedDict
 
 import numpy as np
 from PIL import Image
@@ -261,7 +262,8 @@ def pack_intervals(intervals: Sequence[bytes], capacity: int) -> list[bytes]:
     :class:`InputError` if one interval alone does not fit.
     """
     chunks: list[bytes] = []
-    first, parts, size = 0, [], _FIRST.size
+    parts: list[bytes] = []
+    first, size = 0, _FIRST.size
     for i, data in enumerate(intervals):
         cost = len(data) + (2 if parts else 0)
         if parts and size + cost > capacity:
@@ -324,14 +326,24 @@ def packetize_jpeg(image: np.ndarray, quality: int, max_packet: int = DEFAULT_MA
                        tuple(packets), tuple(blocks))
 
 
+class _PacketFields(TypedDict):
+    """The header fields shared by every packet of one JPEG image."""
+
+    image_id: int
+    model_id: bytes
+    width: int
+    height: int
+    rate_point: int
+
+
 def _packet_fields(image_id: int, width: int, height: int, quality: int,
-                   restart: int) -> dict[str, object]:
+                   restart: int) -> _PacketFields:
     return {"image_id": image_id, "model_id": _MODEL_ID.pack(JPEG_TAG, restart, 0),
             "width": width, "height": height, "rate_point": quality}
 
 
 def _frame(chunks: list[bytes], parity_of: ParityFn, max_block: int, prefix: bytes,
-           fields: dict[str, object]) -> tuple[list[bytes], list[tuple[int, int]]]:
+           fields: _PacketFields) -> tuple[list[bytes], list[tuple[int, int]]]:
     """Wire datagrams of every RS block (data then parity) and each block's (k, parity).
 
     Every payload is ``prefix`` (the Huffman tables) followed by the chunk or shard.

@@ -22,7 +22,9 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
         self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # start as identity: faster, stabler early training
-        nn.init.zeros_(self.conv2.bias)
+        bias = self.conv2.bias
+        assert bias is not None  # Conv2d's default bias=True; Optional only in its type
+        nn.init.zeros_(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.silu(self.conv1(F.silu(x))))

@@ -15,7 +15,47 @@ from resilient_tx.config import ModelConfig
 from resilient_tx.model.xcit import XCiTStack
 
 
-class MaskedTokenModel(nn.Module):
+class TokenModel(nn.Module):
+    """What the codec and the inpainters call on an entropy model over token grids.
+
+    Logits are over ``v`` entries for each of ``m`` sub-quantizers. Subclasses define
+    :meth:`forward`, :meth:`features` and :meth:`heads_at`; the trained MIM is one, the
+    MIM seen through a k-means clustering (:mod:`resilient_tx.model.derived`) another, so
+    a :class:`~resilient_tx.model.pqmim.PQMIM` may hold either.
+    """
+
+    m: int
+    v: int
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logits (B, h, w, M, V) for tokens (B, M, h, w), ``mask`` True where unknown."""
+        raise NotImplementedError
+
+    def features(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Trunk output (B, h*w, D) in raster order, before the per-sub-quantizer heads."""
+        raise NotImplementedError
+
+    def heads_at(self, features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits (n, M, V) from batch item 0 of :meth:`features` output at ``positions``.
+
+        Lets a caller that needs several stages under the same context (context depth,
+        see packetizer.py) run the trunk once and the heads per stage.
+        """
+        raise NotImplementedError
+
+    def logits_at(self, tokens: torch.Tensor, mask: torch.Tensor,
+                  positions: torch.Tensor) -> torch.Tensor:
+        """Logits (n, M, V) of batch item 0 at flat raster ``positions`` only.
+
+        Coding needs one stage's positions at a time; running the M heads (a D x V matmul
+        each) on those alone instead of the whole grid saves most of their cost.
+        """
+        return self.heads_at(self.features(tokens, mask), positions)
+
+
+class MaskedTokenModel(TokenModel):
+    """The trained MIM: per-sub-codebook embeddings, an XCiT trunk and M linear heads."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.m = cfg.num_subvectors
@@ -34,28 +74,13 @@ class MaskedTokenModel(nn.Module):
         return logits.reshape(b, h, w, m, self.v)
 
     def features(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Trunk output (B, h*w, D) in raster order, before the per-sub-quantizer heads."""
         b, m, h, w = tokens.shape
         safe = tokens.clamp(0, self.v - 1)  # masked slots may hold any placeholder
         x = sum(self.embed[i](safe[:, i]) for i in range(m))  # (B, h, w, D)
         x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
         return self.trunk.forward_tokens(x.reshape(b, h * w, -1), h, w)
 
-    def logits_at(self, tokens: torch.Tensor, mask: torch.Tensor,
-                  positions: torch.Tensor) -> torch.Tensor:
-        """Logits (n, M, V) of batch item 0 at flat raster ``positions`` only.
-
-        Coding needs one stage's positions at a time; running the M heads (a D x V matmul
-        each) on those alone instead of the whole grid saves most of their cost.
-        """
-        return self.heads_at(self.features(tokens, mask), positions)
-
     def heads_at(self, features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Logits (n, M, V) from batch item 0 of :meth:`features` output at ``positions``.
-
-        Lets a caller that needs several stages under the same context (context depth,
-        see packetizer.py) run the trunk once and the heads per stage.
-        """
         return self._heads(features[0, positions])
 
     def _heads(self, y: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torch import nn
 
 from resilient_tx.config import ModelConfig
 from resilient_tx.model.autoencoder import Decoder, Encoder
-from resilient_tx.model.mim import MaskedTokenModel
+from resilient_tx.model.mim import MaskedTokenModel, TokenModel
 from resilient_tx.model.quantizer import ProductQuantizer
 
 
@@ -36,7 +36,7 @@ class PQMIM(nn.Module):
             cfg.latent_dim, cfg.num_subvectors, cfg.codebook_size, cfg.lookup_dim
         )
         self.decoder = Decoder(cfg)
-        self.mim = MaskedTokenModel(cfg)
+        self.mim: TokenModel = MaskedTokenModel(cfg)  # a derived model swaps in its own
 
     @staticmethod
     def _to_model_range(x: torch.Tensor) -> torch.Tensor:

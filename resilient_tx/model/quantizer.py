@@ -23,6 +23,10 @@ class QuantizerOutput:
 
 
 class ProductQuantizer(nn.Module):
+    """M independent sub-quantizers, each with its own projection pair and codebook."""
+
+    usage: torch.Tensor  # (M, V) buffer; declared so type checkers see a tensor
+
     def __init__(
         self, latent_dim: int, num_subvectors: int, codebook_size: int, lookup_dim: int
     ) -> None:

@@ -2,7 +2,7 @@
 
 Two kinds of shipped rate points: trained models (``models/*.pt``) and k-means rate points
 derived from them (``models/derived/*.pt``, small files referencing their base; see
-:mod:`resilient_tx.training.kmeans`). Both are looked up the same way.
+:mod:`resilient_tx.zoo.derived`). Both are looked up the same way.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from importlib import resources
 from pathlib import Path
 
 from resilient_tx.errors import ModelMismatchError, ModelNotFoundError
-from resilient_tx.training.kmeans import REGENERATE, is_derived_file, load_derived, read_header
 from resilient_tx.zoo.checkpoint import LoadedModel, LoadedPrior, load_model, load_prior
+from resilient_tx.zoo.derived import REGENERATE, is_derived_file, load_derived, read_header
 
 DEFAULT_RATE = "low"
 
