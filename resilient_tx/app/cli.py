@@ -49,7 +49,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     trainer = Trainer(run, Path(args.data), Path(args.out), device)
     if trainer.try_resume():
-        print(f"resuming from {args.out}/last.pt at step {trainer.step}", file=sys.stderr)
+        print(f"resuming from {trainer.state_path} at step {trainer.step}", file=sys.stderr)
     res = trainer.run()
     print(f"model {res.model_id} written to {res.model_path} after {res.steps} steps "
           f"({res.seconds / 60:.1f} min): train PSNR {res.final_psnr:.2f} dB, "
@@ -69,7 +69,7 @@ def _train_on_tokens(args: argparse.Namespace, run, device) -> int:
 
     from resilient_tx.config import read_yaml
     from resilient_tx.errors import InputError
-    from resilient_tx.training.token_train import ArTrainer, MimFinetuner
+    from resilient_tx.training.token_train import ArTrainer, MimFinetuner, TokenPhase
     from resilient_tx.training.trainer import load_training_images
     from resilient_tx.zoo.registry import get_model
 
@@ -79,6 +79,7 @@ def _train_on_tokens(args: argparse.Namespace, run, device) -> int:
                          f"{model.meta['derived_from']}; fine-tune that one instead")
     images = load_training_images(Path(args.data))
     out = Path(args.out)
+    phase: TokenPhase
     if args.only == "mim":
         # A model: section may only resize the MIM (a fresh one, trained from scratch).
         raw = read_yaml(args.config, "config file") if args.config else None
@@ -87,8 +88,8 @@ def _train_on_tokens(args: argparse.Namespace, run, device) -> int:
     else:
         ar = run.ar if run.ar.steps > 0 else dataclasses.replace(run.ar, steps=20000)
         phase = ArTrainer(model, images, ar, run.train, out, device)
-    if phase.try_resume(device):
-        print(f"resuming from {phase._state_path()} at step {phase.step}", file=sys.stderr)
+    if phase.try_resume():
+        print(f"resuming from {phase.state_path} at step {phase.step}", file=sys.stderr)
     _report(phase.run(), "fine-tuned model" if args.only == "mim" else "AR prior")
     return 0
 

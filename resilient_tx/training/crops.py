@@ -1,4 +1,4 @@
-"""Random training crops from images held in memory (augmentation: flips)."""
+"""Random training crops: of images held in memory (augmented by flips) and of token grids."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class CropSampler:
         return int(torch.randint(0, high, (1,), generator=self.gen))
 
     def batch(self, size: int) -> torch.Tensor:
+        """(size, 3, crop, crop) float in [0, 1]."""
         out = []
         for _ in range(size):
             img = self.images[self._randint(len(self.images))]
@@ -35,3 +36,23 @@ class CropSampler:
                 c = c.flip(1)
             out.append(c)
         return torch.stack(out).float() / 255.0
+
+
+def token_crops(tokens: list[torch.Tensor], size: int, n: int,
+                gen: torch.Generator) -> torch.Tensor:
+    """(n, M, s, s') random crops of at most ``size`` x ``size`` from (M, h, w) token grids.
+
+    A grid smaller than ``size`` is taken whole; the batch is then cut to its smallest
+    member so the crops stack.
+    """
+    out = []
+    for _ in range(n):
+        t = tokens[int(torch.randint(0, len(tokens), (1,), generator=gen))]
+        _, h, w = t.shape
+        sh, sw = min(size, h), min(size, w)
+        y = int(torch.randint(0, h - sh + 1, (1,), generator=gen))
+        x = int(torch.randint(0, w - sw + 1, (1,), generator=gen))
+        out.append(t[:, y : y + sh, x : x + sw])
+    hmin = min(o.shape[1] for o in out)
+    wmin = min(o.shape[2] for o in out)
+    return torch.stack([o[:, :hmin, :wmin] for o in out])

@@ -13,32 +13,40 @@ encoder and quantizer under ``no_grad``.
   paper, Sec. 2.3) with the paper's masking: a share U(0, ``max_mask_ratio``) of each
   window's input tokens is replaced by the lost token; targets are the true tokens.
 
-Both stop on a step cap or a wall-clock budget (:class:`~resilient_tx.training.trainer.StepBudget`),
-checkpoint every ``checkpoint_every`` steps to ``OUT/last_<phase>.pt`` and resume from it.
+Both run the shared loop of :mod:`resilient_tx.training.loop` through :class:`TokenPhase`:
+they stop on a step cap or a wall-clock budget, log to ``OUT/log_<phase>.csv``, checkpoint
+every ``checkpoint_every`` steps to ``OUT/last_<phase>.pt`` and resume from it.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
-import math
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from resilient_tx.config import ArConfig, TrainConfig, model_config_from_dict
 from resilient_tx.errors import InputError
 from resilient_tx.model import PQMIM
 from resilient_tx.model.ar import ArPrior
 from resilient_tx.training.crops import CropSampler
-from resilient_tx.training.trainer import StepBudget, mim_loss, sample_mim_mask
+from resilient_tx.training.loop import (
+    LN2,
+    LoopPlan,
+    LoopResult,
+    Schedule,
+    Stats,
+    TrainLoop,
+    descend,
+)
+from resilient_tx.training.trainer import mim_loss, sample_mim_mask
 from resilient_tx.zoo.checkpoint import LoadedModel, save_model, save_prior
 
 
@@ -49,14 +57,6 @@ class PhaseResult:
     final_bits: float  # cross-entropy in bits per sub-index over the last batches
     seconds: float
     model_id: str | None  # the new model's id (MIM continuation only)
-
-
-def cosine_lr(step: int, total: int, lr: float, min_lr: float, warmup: int) -> float:
-    """Linear warmup then cosine decay to ``min_lr`` at ``total``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
 class FrozenTokens:
@@ -76,88 +76,82 @@ class FrozenTokens:
         return self.net.tokens(self.sampler.batch(n).to(self.device))
 
 
-class _Phase:
-    """Shared loop: schedule, budget, progress bar, CSV log and resumable checkpoints."""
+@dataclass(frozen=True)
+class _PhasePlan:
+    """A phase's optimisation settings (from ``train:`` or ``ar:``)."""
 
-    name = "phase"
+    cap: int
+    schedule: Schedule
+    weight_decay: float
+    checkpoint_every: int
+    time_budget: float  # seconds, 0 = none
+    seed: int  # of the generator the loss draws its masks from
 
-    def __init__(self, module: torch.nn.Module, out_dir: Path, cap: int, lr: float,
-                 min_lr: float, warmup: int, weight_decay: float, checkpoint_every: int,
-                 time_budget: float) -> None:
-        self.module, self.out_dir, self.cap = module, out_dir, cap
-        self.lr, self.min_lr, self.warmup = lr, min_lr, warmup
-        self.checkpoint_every, self.time_budget = checkpoint_every, time_budget
-        self.opt = torch.optim.AdamW(module.parameters(), lr=lr, betas=(0.9, 0.95),
-                                     weight_decay=weight_decay)
-        self.gen = torch.Generator()
-        self.step = 0
 
-    def _state_path(self) -> Path:
+class TokenPhase(ABC):
+    """A module trained on ``model``'s frozen tokens through the shared loop.
+
+    Subclasses build the module and the token source, then call ``_setup``; they define
+    ``_loss`` (one batch's cross-entropy in nats) and ``run``. AdamW decays every weight
+    of the module (it holds no codebooks); the step's statistic is ``bits`` per sub-index.
+    """
+
+    name: ClassVar[str] = "phase"
+    desc: ClassVar[str] = "training on frozen tokens"
+
+    model: LoadedModel
+    module: torch.nn.Module
+    tokens: FrozenTokens
+    gen: torch.Generator  # the loss's masks
+    loop: TrainLoop
+    out_dir: Path
+    time_budget: float
+
+    def _setup(self, model: LoadedModel, module: torch.nn.Module, tokens: FrozenTokens,
+               plan: _PhasePlan, out_dir: Path) -> None:
+        self.model, self.module, self.tokens = model, module, tokens
+        self.out_dir, self.time_budget = out_dir, plan.time_budget
+        self.gen = torch.Generator().manual_seed(plan.seed)
+        opt = torch.optim.AdamW(module.parameters(), lr=plan.schedule.lr, betas=(0.9, 0.95),
+                                weight_decay=plan.weight_decay)
+        log = out_dir / f"log_{self.name}.csv"
+        loop_plan = LoopPlan(self.desc, plan.cap, plan.schedule, log, ("step", "lr", "bits"),
+                             checkpoint_path=self.state_path,
+                             checkpoint_every=plan.checkpoint_every, show=("bits",))
+        self.loop = TrainLoop(loop_plan, module, opt,
+                              {"sampler": tokens.sampler.gen, "mask": self.gen},
+                              {"phase": self.name, "base": model.model_id_hex})
+
+    @property
+    def step(self) -> int:
+        """Steps done so far (including those before a resume)."""
+        return self.loop.step
+
+    @property
+    def state_path(self) -> Path:
         return self.out_dir / f"last_{self.name}.pt"
 
-    def _save_state(self) -> None:
-        tmp = self._state_path().with_suffix(".tmp")
-        torch.save({"net": self.module.state_dict(), "opt": self.opt.state_dict(),
-                    "step": self.step, "gen": self.gen.get_state(),
-                    "sampler": self.tokens.sampler.gen.get_state()}, tmp)
-        tmp.replace(self._state_path())  # atomic: a kill mid-save never loses the state
+    def try_resume(self) -> bool:
+        """Continue from ``state_path`` if it exists; :class:`InputError` if it belongs to
+        another run (another phase, base model or module size)."""
+        return self.loop.try_resume()
 
-    def try_resume(self, device: torch.device) -> bool:
-        p = self._state_path()
-        if not p.is_file():
-            return False
-        st = torch.load(p, map_location=device, weights_only=True)
-        try:
-            self.module.load_state_dict(st["net"])
-        except RuntimeError as exc:
-            raise InputError(f"{p} belongs to a different setup; use a new --out") from exc
-        self.opt.load_state_dict(st["opt"])
-        self.step = int(st["step"])
-        self.gen.set_state(st["gen"].cpu())
-        self.tokens.sampler.gen.set_state(st["sampler"].cpu())
-        return True
-
+    @abstractmethod
     def _loss(self) -> torch.Tensor:
-        raise NotImplementedError
+        """One batch's cross-entropy in nats per sub-index."""
 
-    def _log(self, bits: float) -> None:
-        path = self.out_dir / f"log_{self.name}.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            wr = csv.writer(f)
-            if new:
-                wr.writerow(["step", "lr", "bits"])
-            wr.writerow([self.step, f"{self.opt.param_groups[0]['lr']:.3g}", f"{bits:.4f}"])
+    @abstractmethod
+    def run(self) -> PhaseResult:
+        """Train to the cap or the time budget and write the result file."""
 
-    def _loop(self, desc: str) -> tuple[float, float]:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        deadline = t0 + self.time_budget if self.time_budget else None
-        budget = StepBudget(self.cap, deadline, self.step)
-        bits: list[float] = []
-        self.module.train()
-        bar = tqdm(total=self.cap, initial=self.step, desc=desc, unit="step")
-        while self.step < budget.total:
-            for g in self.opt.param_groups:
-                g["lr"] = cosine_lr(self.step, budget.total, self.lr, self.min_lr, self.warmup)
-            loss = self._loss()
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
-            self.opt.step()
-            bits = (bits + [loss.item() / math.log(2)])[-50:]
-            self.step += 1
-            if budget.update(self.step, time.perf_counter()) != bar.total:
-                bar.total = budget.total
-            bar.update(1)
-            if self.step % 10 == 0:
-                bar.set_postfix(bits=f"{sum(bits) / len(bits):.3f}")
-                self._log(sum(bits) / len(bits))
-            if self.step % self.checkpoint_every == 0 or self.step == budget.total:
-                self._save_state()
-        bar.close()
-        self.module.eval()
-        return (sum(bits) / len(bits) if bits else float("nan")), time.perf_counter() - t0
+    def _step(self, step: int) -> Stats:
+        loss = self._loss()
+        descend(self.loop.opt, loss, self.module.parameters())
+        return {"bits": loss.item() / LN2}
+
+    def _train(self) -> LoopResult:
+        deadline = time.perf_counter() + self.time_budget if self.time_budget else None
+        return self.loop.run(self._step, deadline)
 
 
 #: ModelConfig fields a MIM-only run may change: the entropy model's size, nothing the
@@ -181,25 +175,24 @@ def with_new_mim(model: LoadedModel, changes: dict[str, Any]) -> PQMIM:
     return net
 
 
-class MimFinetuner(_Phase):
+class MimFinetuner(TokenPhase):
     """Continue training ``model``'s MIM on fresh frozen tokens (PQ-MIM paper, Sec. 3.3),
     or, given ``mim_changes``, train a new MIM of another size from scratch."""
 
     name = "mim"
+    desc = "MIM on frozen tokens"
 
     def __init__(self, model: LoadedModel, images: list[np.ndarray], cfg: TrainConfig,
                  out_dir: Path, device: torch.device,
                  mim_changes: dict[str, Any] | None = None) -> None:
-        self.model = model
         torch.manual_seed(cfg.seed)
         net = with_new_mim(model, mim_changes) if mim_changes else copy.deepcopy(model.net)
         self.net = net.to(device)
         self.cfg = cfg
-        super().__init__(self.net.mim, out_dir, cfg.mim_extra_steps, cfg.lr, cfg.min_lr,
-                         cfg.warmup_steps, cfg.weight_decay, cfg.checkpoint_every,
-                         cfg.time_budget)
-        self.gen.manual_seed(cfg.seed + 1)
-        self.tokens = FrozenTokens(model, images, cfg.crop, cfg.seed, device)
+        plan = _PhasePlan(cfg.mim_extra_steps, Schedule(cfg.lr, cfg.min_lr, cfg.warmup_steps),
+                          cfg.weight_decay, cfg.checkpoint_every, cfg.time_budget, cfg.seed + 1)
+        tokens = FrozenTokens(model, images, cfg.crop, cfg.seed, device)
+        self._setup(model, self.net.mim, tokens, plan, out_dir)
 
     def _loss(self) -> torch.Tensor:
         tok = self.tokens.batch(self.cfg.mim_extra_batch)
@@ -209,13 +202,14 @@ class MimFinetuner(_Phase):
         return mim_loss(self.net, tok, mask)
 
     def run(self) -> PhaseResult:
-        bits, seconds = self._loop("MIM on frozen tokens")
+        res = self._train()
+        bits = res.mean("bits")
         meta = {**self.model.meta, "finetuned_from": self.model.model_id_hex,
-                "mim_finetune_steps": self.step, "final_mim_bits": round(bits, 4)}
+                "mim_finetune_steps": res.steps, "final_mim_bits": round(bits, 4)}
         path = self.out_dir / "model.pt"
         model_id = save_model(path, self.net, self.model.marginals, meta,
                               self.cfg.weight_storage)
-        return PhaseResult(path, self.step, bits, seconds, model_id.hex())
+        return PhaseResult(path, res.steps, bits, res.seconds, model_id.hex())
 
 
 def ar_loss(prior: ArPrior, tok: torch.Tensor, max_mask_ratio: float,
@@ -230,30 +224,32 @@ def ar_loss(prior: ArPrior, tok: torch.Tensor, max_mask_ratio: float,
     return F.cross_entropy(logits.reshape(-1, prior.v), target.reshape(-1))
 
 
-class ArTrainer(_Phase):
+class ArTrainer(TokenPhase):
     """Train the AR inpainting prior on ``model``'s frozen tokens (Sec. 2.3)."""
 
     name = "ar"
+    desc = "AR prior on frozen tokens"
 
     def __init__(self, model: LoadedModel, images: list[np.ndarray], ar: ArConfig,
                  cfg: TrainConfig, out_dir: Path, device: torch.device) -> None:
-        self.model, self.ar, self.storage = model, ar, cfg.weight_storage
+        self.ar, self.storage = ar, cfg.weight_storage
         torch.manual_seed(cfg.seed)
         self.prior = ArPrior(ar, model.cfg.num_subvectors, model.cfg.codebook_size).to(device)
-        super().__init__(self.prior, out_dir, ar.steps, ar.lr, ar.min_lr, ar.warmup_steps,
-                         ar.weight_decay, cfg.checkpoint_every, cfg.time_budget)
-        self.gen.manual_seed(cfg.seed + 2)
+        plan = _PhasePlan(ar.steps, Schedule(ar.lr, ar.min_lr, ar.warmup_steps),
+                          ar.weight_decay, cfg.checkpoint_every, cfg.time_budget, cfg.seed + 2)
         crop = ar.window * model.cfg.downsample
-        self.tokens = FrozenTokens(model, images, crop, cfg.seed, device)
+        self._setup(model, self.prior, FrozenTokens(model, images, crop, cfg.seed, device),
+                    plan, out_dir)
 
     def _loss(self) -> torch.Tensor:
         tok = self.tokens.batch(self.ar.batch_size)
         return ar_loss(self.prior, tok, self.ar.max_mask_ratio, self.gen)
 
     def run(self) -> PhaseResult:
-        bits, seconds = self._loop("AR prior on frozen tokens")
+        res = self._train()
+        bits = res.mean("bits")
         path = self.out_dir / "ar.pt"
         save_prior(path, self.prior, self.model.model_id,
-                   {"ar_steps": self.step, "final_ar_bits": round(bits, 4),
+                   {"ar_steps": res.steps, "final_ar_bits": round(bits, 4),
                     "base": self.model.name}, self.storage)
-        return PhaseResult(path, self.step, bits, seconds, None)
+        return PhaseResult(path, res.steps, bits, res.seconds, None)

@@ -5,12 +5,12 @@ into the encoder or the codebooks, exactly as in the paper, so the two could equ
 trained in sequence. Its masks mix the paper's U(0, 1) random masking with quincunx stage
 masks (what it is actually asked at coding time). An optional MIM-only phase then trains the
 entropy model further on frozen tokens of whole training images, which is cheap because the
-autoencoder is no longer run backwards.
+autoencoder is no longer run backwards. Both phases run in the shared loop of
+:mod:`resilient_tx.training.loop` (schedule, time budget, log, checkpoints).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import time
@@ -27,10 +27,22 @@ from resilient_tx.config import ModelConfig, RunConfig, TrainConfig
 from resilient_tx.errors import InputError
 from resilient_tx.images import list_images, load_rgb
 from resilient_tx.model import PQMIM, pad_to_multiple
-from resilient_tx.training.crops import CropSampler
+from resilient_tx.training.crops import CropSampler, token_crops
+from resilient_tx.training.loop import (
+    LN2,
+    LoopPlan,
+    LoopResult,
+    Schedule,
+    Stats,
+    TrainLoop,
+    descend,
+)
 from resilient_tx.zoo.checkpoint import save_model
 
-LOG_FIELDS = ["phase", "step", "lr", "psnr", "pq", "mim_bits", "restarted"]
+#: Columns of ``OUT/log.csv``, shared by the joint phase and the MIM-only phase after it.
+LOG_FIELDS = ("phase", "step", "lr", "psnr", "pq", "mim_bits", "restarted")
+#: Side, in tokens, of the crops the MIM-only phase trains on.
+MIM_PHASE_CROP = 24
 
 
 @dataclass(frozen=True)
@@ -41,45 +53,6 @@ class TrainResult:
     final_psnr: float
     final_mim_bits: float  # MIM cross-entropy in bits per sub-index on the last batches
     seconds: float
-
-
-def lr_at(step: int, cfg: TrainConfig, total: int | None = None) -> float:
-    """Linear warmup then cosine decay to ``min_lr`` over ``total`` steps (Sec. 4.1)."""
-    total = cfg.steps if total is None else total
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-class StepBudget:
-    """How many steps fit before a wall-clock deadline, re-estimated as training runs.
-
-    The first ``skip`` steps (CUDA start-up, allocator warm-up) are not timed. Until the
-    speed is known the cap is the planned total; after that the total shrinks to what the
-    measured speed allows, so the cosine schedule still reaches its end on time.
-    """
-
-    def __init__(self, cap: int, deadline: float | None, start_step: int, skip: int = 5) -> None:
-        self.cap = cap
-        self.deadline = deadline
-        self.total = cap
-        self._skip_until = start_step + skip
-        self._t_ref: float | None = None
-        self._step_ref = 0
-
-    def update(self, step: int, now: float) -> int:
-        if self.deadline is None:
-            return self.total
-        if step == self._skip_until:
-            self._t_ref, self._step_ref = now, step
-        elif self._t_ref is not None and step > self._step_ref and step % 10 == 0:
-            per_step = (now - self._t_ref) / (step - self._step_ref)
-            fits = step + int(max(0.0, self.deadline - now) / per_step)
-            self.total = max(step, min(self.cap, fits))
-        if now >= self.deadline:
-            self.total = step
-        return self.total
 
 
 def sample_mim_mask(
@@ -111,7 +84,8 @@ def mim_loss(net: PQMIM, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tens
 
 
 def _optimizer(net: PQMIM, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in net.named_parameters():
         # Norms, gains, biases, embeddings and codebooks are not weight-decayed.
         (no_decay if p.ndim < 2 or "codebooks" in name or "embed" in name else decay).append(p)
@@ -142,20 +116,6 @@ def token_marginals(tokens: list[torch.Tensor], cfg: ModelConfig) -> torch.Tenso
     return counts
 
 
-def _token_crop_batch(tokens: list[torch.Tensor], size: int, n: int, gen: torch.Generator):
-    out = []
-    for _ in range(n):
-        t = tokens[int(torch.randint(0, len(tokens), (1,), generator=gen))]
-        _, h, w = t.shape
-        sh, sw = min(size, h), min(size, w)
-        y = int(torch.randint(0, h - sh + 1, (1,), generator=gen))
-        x = int(torch.randint(0, w - sw + 1, (1,), generator=gen))
-        out.append(t[:, y : y + sh, x : x + sw])
-    hmin = min(o.shape[1] for o in out)
-    wmin = min(o.shape[2] for o in out)
-    return torch.stack([o[:, :hmin, :wmin] for o in out])
-
-
 def load_training_images(data_dir: Path) -> list[np.ndarray]:
     """Every image under ``data_dir`` as uint8 RGB; Kodak (the evaluation set) is refused."""
     files = list_images(data_dir)
@@ -165,9 +125,15 @@ def load_training_images(data_dir: Path) -> list[np.ndarray]:
 
 
 class Trainer:
-    """Owns the training state; ``run`` is resumable from ``out_dir/last.pt``."""
+    """Joint PQ-VAE + MIM training, then the MIM-only phase; resumable from ``last.pt``.
 
-    def __init__(self, run: RunConfig, data_dir: Path, out_dir: Path, device: torch.device):
+    Only the joint phase is checkpointed: a resumed run continues it (with a fresh time
+    budget, a warm restart of its schedule) and then runs the MIM-only phase again on the
+    tokens of the autoencoder it ends with.
+    """
+
+    def __init__(self, run: RunConfig, data_dir: Path, out_dir: Path,
+                 device: torch.device) -> None:
         self.run_cfg = run
         self.cfg = run.train
         self.device = device
@@ -176,41 +142,35 @@ class Trainer:
         self.sampler = CropSampler(self.images, self.cfg.crop, self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
         self.net = PQMIM(run.model).to(device)
-        self.opt = _optimizer(self.net, self.cfg)
-        self.gen = torch.Generator().manual_seed(self.cfg.seed + 1)
-        self.step = 0
-        self.mim_steps_done = 0
+        self.gen = torch.Generator().manual_seed(self.cfg.seed + 1)  # MIM masks, token crops
         self.log_path = out_dir / "log.csv"
+        self.loop = TrainLoop(self._joint_plan(), self.net, _optimizer(self.net, self.cfg),
+                              {"sampler": self.sampler.gen, "mask": self.gen},
+                              {"phase": "joint", "model": dataclasses.asdict(run.model)})
 
-    def _state_path(self) -> Path:
+    @property
+    def step(self) -> int:
+        """Joint steps done so far (including those before a resume)."""
+        return self.loop.step
+
+    @property
+    def state_path(self) -> Path:
         return self.out_dir / "last.pt"
 
-    def save_state(self) -> None:
-        tmp = self._state_path().with_suffix(".tmp")
-        torch.save({"net": self.net.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
-                    "model": dataclasses.asdict(self.run_cfg.model),
-                    "sampler_rng": self.sampler.gen.get_state(), "mask_rng": self.gen.get_state()},
-                   tmp)
-        tmp.replace(self._state_path())  # atomic: a kill mid-save never loses the checkpoint
-
     def try_resume(self) -> bool:
-        p = self._state_path()
-        if not p.is_file():
-            return False
-        st = torch.load(p, map_location=self.device, weights_only=True)
-        if st["model"] != dataclasses.asdict(self.run_cfg.model):
-            raise InputError(f"{p} was trained with a different model config; use a new --out")
-        self.net.load_state_dict(st["net"])
-        self.opt.load_state_dict(st["opt"])
-        self.step = int(st["step"])
-        self.sampler.gen.set_state(st["sampler_rng"].cpu())  # map_location moved it
-        self.gen.set_state(st["mask_rng"].cpu())
-        return True
+        """Continue from ``state_path`` if it exists; :class:`InputError` if it is another
+        run's (e.g. another model config)."""
+        return self.loop.try_resume()
 
-    def _train_step(self, total: int) -> dict[str, float]:
+    def _joint_plan(self) -> LoopPlan:
+        cfg = self.cfg
+        return LoopPlan("joint PQ-VAE+MIM", cfg.steps,
+                        Schedule(cfg.lr, cfg.min_lr, cfg.warmup_steps), self.log_path,
+                        LOG_FIELDS, phase="joint", checkpoint_path=self.state_path,
+                        checkpoint_every=cfg.checkpoint_every, show=("psnr", "mim_bits"))
+
+    def _train_step(self, step: int) -> Stats:
         cfg, net = self.cfg, self.net
-        for g in self.opt.param_groups:
-            g["lr"] = lr_at(self.step, cfg, total)
         x = self.sampler.batch(cfg.batch_size).to(self.device)
         out = net(x, cfg.commitment)
         mse = F.mse_loss(out.recon, x)
@@ -218,100 +178,54 @@ class Trainer:
         b, _, h, w = tokens.shape
         mask = sample_mim_mask(b, h, w, net.cfg.stages, cfg.quincunx_mask_prob, self.gen)
         ce = mim_loss(net, tokens, mask)
-        loss = mse + cfg.pq_weight * out.pq_loss + cfg.mim_weight * ce
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        self.opt.step()
+        descend(self.loop.opt, mse + cfg.pq_weight * out.pq_loss + cfg.mim_weight * ce,
+                net.parameters())
         restarted = 0
-        if cfg.dead_code_every and (self.step + 1) % cfg.dead_code_every == 0:
+        if cfg.dead_code_every and (step + 1) % cfg.dead_code_every == 0:
             restarted = net.quantizer.restart_dead_codes(out.latent.detach())
-        psnr = -10 * math.log10(max(mse.item(), 1e-10))
-        return {"psnr": psnr, "pq": out.pq_loss.item(), "mim_bits": ce.item() / math.log(2),
-                "restarted": restarted}
+        return {"psnr": -10 * math.log10(max(mse.item(), 1e-10)), "pq": out.pq_loss.item(),
+                "mim_bits": ce.item() / LN2, "restarted": float(restarted)}
 
-    def _log(self, row: dict[str, float]) -> None:
-        new = not self.log_path.exists()
-        with self.log_path.open("a", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=LOG_FIELDS, restval="")
-            if new:
-                wr.writeheader()
-            wr.writerow({"step": self.step, "lr": self.opt.param_groups[0]["lr"], **row})
+    def _deadline(self, t0: float, share: float) -> float | None:
+        return t0 + self.cfg.time_budget * share if self.cfg.time_budget else None
 
     def run(self) -> TrainResult:
         t0 = time.perf_counter()
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.net.train()
-        recent: list[dict[str, float]] = []
-        joint_end = t0 + cfg.time_budget * (1 - cfg.mim_time_share) if cfg.time_budget else None
-        budget = StepBudget(cfg.steps, joint_end, self.step)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="joint PQ-VAE+MIM", unit="step")
-        while self.step < budget.total:
-            stats = self._train_step(budget.total)
-            self.step += 1
-            recent = (recent + [stats])[-50:]
-            if budget.update(self.step, time.perf_counter()) != bar.total:
-                bar.total = budget.total
-            bar.update(1)
-            if self.step % 10 == 0:
-                avg = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0]}
-                bar.set_postfix(psnr=f"{avg['psnr']:.2f}", mim_bits=f"{avg['mim_bits']:.2f}")
-                self._log({"phase": "joint", **avg})
-            if self.step % cfg.checkpoint_every == 0 or self.step == budget.total:
-                self.save_state()
-        bar.close()
+        joint = self.loop.run(self._train_step, self._deadline(t0, 1 - cfg.mim_time_share))
         tokens = encode_dataset(self.net, self.images, self.device)
-        deadline = t0 + cfg.time_budget if cfg.time_budget else None
-        mim_bits = self._mim_phase(tokens, recent[-1]["mim_bits"] if recent else float("nan"),
-                                   deadline)
-        marginals = token_marginals(tokens, self.net.cfg)
-        final_psnr = sum(r["psnr"] for r in recent) / max(1, len(recent))
-        meta = {"train_steps": self.step, "mim_extra_steps": self.mim_steps_done,
+        mim = self._mim_phase(tokens, self._deadline(t0, 1.0))
+        mim_bits = mim.mean("mim_bits", joint.mean("mim_bits"))
+        final_psnr = joint.mean("psnr")
+        meta = {"train_steps": joint.steps, "mim_extra_steps": mim.steps,
                 "train_images": len(self.images), "final_train_psnr": round(final_psnr, 3),
                 "final_mim_bits": round(mim_bits, 4)}
         path = self.out_dir / "model.pt"
-        model_id = save_model(path, self.net, marginals, meta, self.cfg.weight_storage)
-        return TrainResult(path, model_id.hex(), self.step, final_psnr, mim_bits,
+        model_id = save_model(path, self.net, token_marginals(tokens, self.net.cfg), meta,
+                              cfg.weight_storage)
+        return TrainResult(path, model_id.hex(), joint.steps, final_psnr, mim_bits,
                            time.perf_counter() - t0)
 
-    def _mim_phase(self, tokens: list[torch.Tensor], last_bits: float,
-                   deadline: float | None) -> float:
+    def _mim_phase(self, tokens: list[torch.Tensor], deadline: float | None) -> LoopResult:
+        """MIM-only steps on crops of the frozen whole-image tokens (not checkpointed)."""
         cfg = self.cfg
-        self.mim_steps_done = 0
         if cfg.mim_extra_steps <= 0:
-            return last_bits
-        net = self.net
-        net.train()
-        params = list(net.mim.parameters())
-        opt = torch.optim.AdamW(params, lr=cfg.lr * 0.5, betas=(0.9, cfg.beta2),
-                                weight_decay=cfg.weight_decay)
-        bits: list[float] = []
-        budget = StepBudget(cfg.mim_extra_steps, deadline, 0)
-        bar = tqdm(total=cfg.mim_extra_steps, desc="MIM on frozen tokens", unit="step")
-        i = 0
-        while i < budget.total:
-            lr = cfg.min_lr + 0.5 * (cfg.lr * 0.5 - cfg.min_lr) * (
-                1 + math.cos(math.pi * i / budget.total))
-            for g in opt.param_groups:
-                g["lr"] = lr
-            tok = _token_crop_batch(tokens, 24, cfg.mim_extra_batch, self.gen).to(self.device)
-            b, _, h, w = tok.shape
-            mask = sample_mim_mask(b, h, w, net.cfg.stages, cfg.quincunx_mask_prob, self.gen)
-            ce = mim_loss(net, tok, mask)
-            opt.zero_grad(set_to_none=True)
-            ce.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            bits = (bits + [ce.item() / math.log(2)])[-50:]
-            i += 1
-            if budget.update(i, time.perf_counter()) != bar.total:
-                bar.total = budget.total
-            bar.update(1)
-            if i % 10 == 0:
-                self._log({"phase": "mim", "mim_bits": sum(bits) / len(bits)})
-                bar.set_postfix(mim_bits=f"{sum(bits) / len(bits):.3f}")
-        bar.close()
-        self.mim_steps_done = i
-        net.eval()
-        return sum(bits) / len(bits) if bits else last_bits
+            return LoopResult(0, {}, 0.0)
+        opt = torch.optim.AdamW(self.net.mim.parameters(), lr=cfg.lr * 0.5,
+                                betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
+        # Half the joint peak and no warmup: the MIM is already trained, this refines it.
+        plan = LoopPlan("MIM on frozen tokens", cfg.mim_extra_steps,
+                        Schedule(cfg.lr * 0.5, cfg.min_lr), self.log_path, LOG_FIELDS,
+                        phase="mim", show=("mim_bits",))
+        loop = TrainLoop(plan, self.net.mim, opt)
+        return loop.run(lambda _step: self._mim_step(tokens, opt), deadline)
+
+    def _mim_step(self, tokens: list[torch.Tensor], opt: torch.optim.Optimizer) -> Stats:
+        cfg, net = self.cfg, self.net
+        tok = token_crops(tokens, MIM_PHASE_CROP, cfg.mim_extra_batch, self.gen).to(self.device)
+        b, _, h, w = tok.shape
+        mask = sample_mim_mask(b, h, w, net.cfg.stages, cfg.quincunx_mask_prob, self.gen)
+        ce = mim_loss(net, tok, mask)
+        descend(opt, ce, net.mim.parameters())
+        return {"mim_bits": ce.item() / LN2}
