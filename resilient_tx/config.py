@@ -1,25 +1,172 @@
-"""Frozen configuration dataclasses and their YAML mapping.
+"""Frozen configuration dataclasses, their defaults, and the one YAML + flags loader.
 
-A YAML file mirrors the dataclasses: top-level sections ``model:``, ``train:`` and ``ar:``
-whose keys are the field names. Unknown keys are an error, not silently ignored.
+Every option of the library lives in one frozen dataclass here, with its default: the
+codec (:class:`ModelConfig`), training (:class:`TrainConfig`, :class:`ArConfig`) and the
+two network roles (:class:`SenderConfig` for ``resilient-tx send``,
+:class:`ReceiverConfig` for ``recv``). Other modules take their defaults from these
+classes rather than repeating the numbers.
+
+Files. A run config has ``model:``, ``train:`` and ``ar:`` sections; a transport config
+has ``send:`` and ``recv:`` sections. Keys are the field names. Values are layered:
+defaults, then the file, then flags (or overrides); ``null`` anywhere means "not given".
+Unknown sections and keys are errors.
+
+The one coercion rule (:func:`coerce`), applied to every value however it arrives (a
+file, a flag, or a direct constructor call, since each class checks itself on
+construction):
+
+* ``bool`` takes only ``true`` / ``false``; ``int`` takes only integers (never a bool or
+  ``3.0``); ``str`` takes only strings;
+* ``float`` takes an int, a float, or a string written as a decimal number (``1e-3``,
+  ``.5``, ``-2E+4``), because YAML 1.1 reads an exponent without a dot as a string;
+* a ``Literal`` takes one of its values; ``X | None`` takes what ``X`` takes, or None;
+  ``tuple[X, ...]`` takes a list or tuple of what ``X`` takes.
+
+Every error is a one-line :class:`~resilient_tx.errors.ConfigError` that names where the
+value came from: ``FILE: section.key: ...`` for a file, ``--flag: ...`` for a flag.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import re
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from resilient_tx.errors import ConfigError
 
-T = TypeVar("T")
+C = TypeVar("C")
+
+# The receiver's UDP port, and its TCP signalling port for WebRTC.
+DEFAULT_PORT = 5004
+# 1200 bytes fits one WebRTC data-channel message and one UDP datagram on any path (IPv6
+# guarantees a 1280-byte MTU, minus IP/UDP/DTLS headers), so no packet is ever fragmented.
+DEFAULT_MAX_PACKET = 1200
+DEFAULT_RATE = "low"  # the shipped rate point used when none is named
+
+Transport = Literal["udp", "webrtc"]
+LossModel = Literal["bernoulli", "gilbert"]
+InpainterName = Literal["mim", "ar", "neighbor", "none"]
+WeightStorage = Literal["fp16", "fp32", "int8"]
+
+
+# ----------------------------------------------------------------------------- coercion
+
+
+class FieldError(ConfigError):
+    """One field breaks a rule of its config class.
+
+    Raised on construction; the loader turns ``rule`` into a message that names the
+    file and section, or the flag, the value came from.
+    """
+
+    def __init__(self, key: str, rule: str) -> None:
+        super().__init__(f"{key}: {rule}")
+        self.key = key
+        self.rule = rule
+
+
+# A decimal number as YAML 1.2 and JSON write it; ``nan``, ``inf`` and ``1_0`` are not.
+_DECIMAL = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?", re.ASCII)
+
+
+def coerce(hint: Any, value: Any, key: str = "value") -> Any:
+    """``value`` as a field typed ``hint`` holds it, or :class:`FieldError` (module doc)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = (a for a in args if a is not type(None))
+        return coerce(inner, value, key)
+    if origin is Literal:
+        return _choice(args, value, key)
+    if origin is tuple:
+        return _items(args[0], value, key)
+    return _scalar(hint, value, key)
+
+
+def _scalar(kind: Any, value: Any, key: str) -> Any:
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is float and _is_number(value):
+        return float(value)
+    if kind not in (bool, int, float, str):
+        raise TypeError(f"no coercion rule for fields of type {kind!r}")  # a bug here
+    expected = "true or false" if kind is bool else kind.__name__
+    raise FieldError(key, f"expected {expected}, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    """What a float field takes: an int or float (never a bool), or a decimal string."""
+    if isinstance(value, str):
+        return _DECIMAL.fullmatch(value) is not None
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _choice(choices: tuple[Any, ...], value: Any, key: str) -> Any:
+    value = _scalar(type(choices[0]), value, key)
+    if value not in choices:
+        raise FieldError(key, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
+
+
+def _items(kind: Any, value: Any, key: str) -> tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise FieldError(key, f"expected a list of {kind.__name__}, got {value!r}")
+    return tuple(coerce(kind, v, key) for v in value)
+
+
+_FIELD_TYPES: dict[type, dict[str, Any]] = {}
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Field name -> resolved type hint of a config dataclass (annotations are strings,
+    resolved once per class: every construction coerces by them)."""
+    if cls not in _FIELD_TYPES:
+        hints = get_type_hints(cls)
+        _FIELD_TYPES[cls] = {f.name: hints[f.name] for f in fields(cls)}
+    return _FIELD_TYPES[cls]
+
+
+def choices_of(hint: Any) -> tuple[Any, ...] | None:
+    """The values a ``Literal`` field (or ``Literal | None``) allows; None if any."""
+    if get_origin(hint) in (Union, types.UnionType):
+        inner = [a for a in get_args(hint) if a is not type(None)]
+        return choices_of(inner[0]) if len(inner) == 1 else None
+    return get_args(hint) if get_origin(hint) is Literal else None
+
+
+def _require(key: str, ok: bool, rule: str) -> None:
+    if not ok:
+        raise FieldError(key, rule)
+
+
+class _Checked:
+    """Base of the config dataclasses: every field is coerced by the one rule on
+    construction, then the class's own :meth:`_validate` checks value ranges."""
+
+    def __post_init__(self) -> None:
+        for name, hint in field_types(type(self)).items():
+            object.__setattr__(self, name, coerce(hint, getattr(self, name), name))
+        self._validate()
+
+    def _validate(self) -> None:
+        """Range checks that the field types cannot express; raise :class:`FieldError`."""
+
+
+# ----------------------------------------------------------------------------- configs
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Checked):
     """Architecture of one rate point (PQ-MIM paper, Sec. 3.1 and 4.1)."""
 
     downsample: int = 16  # f: pixels per token side
@@ -37,18 +184,20 @@ class ModelConfig:
     mim_mlp_ratio: float = 2.0
     stages: int = 5  # quincunx stages (Sec. 3.2)
 
-    def __post_init__(self) -> None:
-        if self.downsample not in (8, 16, 32):
-            raise ConfigError(f"downsample must be 8, 16 or 32, got {self.downsample}")
-        if self.num_subvectors < 1 or self.latent_dim % self.num_subvectors:
-            raise ConfigError("latent_dim must be a positive multiple of num_subvectors")
-        if not 2 <= self.codebook_size <= 4096:
-            raise ConfigError("codebook_size must be in [2, 4096]")
-        if len(self.widths) < self.levels:
-            raise ConfigError(
-                f"widths needs {self.levels} entries for downsample={self.downsample}")
-        if self.stages < 1:
-            raise ConfigError("stages must be >= 1")
+    def _validate(self) -> None:
+        _require("downsample", self.downsample in (8, 16, 32),
+                 f"must be 8, 16 or 32, got {self.downsample}")
+        _require("num_subvectors", self.num_subvectors >= 1,
+                 f"must be >= 1, got {self.num_subvectors}")
+        _require("latent_dim", self.latent_dim % self.num_subvectors == 0,
+                 f"must be a positive multiple of num_subvectors ({self.num_subvectors}), "
+                 f"got {self.latent_dim}")
+        _require("codebook_size", 2 <= self.codebook_size <= 4096,
+                 f"must be in [2, 4096], got {self.codebook_size}")
+        _require("widths", len(self.widths) >= self.levels,
+                 f"needs {self.levels} entries for downsample={self.downsample}, "
+                 f"got {len(self.widths)}")
+        _require("stages", self.stages >= 1, f"must be >= 1, got {self.stages}")
 
     @property
     def levels(self) -> int:
@@ -61,7 +210,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Checked):
     """Joint PQ-VAE + MIM training (Sec. 3.3, 4.1)."""
 
     steps: int = 20000
@@ -88,16 +237,11 @@ class TrainConfig:
     # goes to the MIM-only phase.
     time_budget: float = 0.0
     mim_time_share: float = 0.2
-    weight_storage: str = "fp16"  # how model.pt stores weights: fp16, fp32 or int8
-
-    def __post_init__(self) -> None:
-        if self.weight_storage not in ("fp16", "fp32", "int8"):
-            raise ConfigError(f"train.weight_storage must be fp16, fp32 or int8, got "
-                              f"{self.weight_storage!r}")
+    weight_storage: WeightStorage = "fp16"  # how model.pt stores its weights
 
 
 @dataclass(frozen=True)
-class ArConfig:
+class ArConfig(_Checked):
     """Autoregressive token prior for inpainting (VQGAN extreme-compression paper, Sec. 2.3).
 
     A causal transformer over a ``window`` x ``window`` crop of the token grid in raster
@@ -119,15 +263,16 @@ class ArConfig:
     warmup_steps: int = 200
     weight_decay: float = 0.05
 
-    def __post_init__(self) -> None:
-        if not 2 <= self.window <= 64:
-            raise ConfigError(f"ar.window must be in [2, 64], got {self.window}")
-        if self.dim < 1 or self.depth < 1 or self.heads < 1 or self.dim % self.heads:
-            raise ConfigError("ar.dim must be a positive multiple of ar.heads; depth >= 1")
-        if not 0.0 <= self.max_mask_ratio < 1.0:
-            raise ConfigError(f"ar.max_mask_ratio must be in [0, 1), got {self.max_mask_ratio}")
-        if self.steps < 0 or self.batch_size < 1:
-            raise ConfigError("ar.steps must be >= 0 and ar.batch_size >= 1")
+    def _validate(self) -> None:
+        _require("window", 2 <= self.window <= 64, f"must be in [2, 64], got {self.window}")
+        _require("heads", self.heads >= 1, f"must be >= 1, got {self.heads}")
+        _require("dim", self.dim >= 1 and self.dim % self.heads == 0,
+                 f"must be a positive multiple of heads ({self.heads}), got {self.dim}")
+        _require("depth", self.depth >= 1, f"must be >= 1, got {self.depth}")
+        _require("max_mask_ratio", 0.0 <= self.max_mask_ratio < 1.0,
+                 f"must be in [0, 1), got {self.max_mask_ratio}")
+        _require("steps", self.steps >= 0, f"must be >= 0, got {self.steps}")
+        _require("batch_size", self.batch_size >= 1, f"must be >= 1, got {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -137,45 +282,101 @@ class RunConfig:
     ar: ArConfig = field(default_factory=ArConfig)
 
 
-def _coerce(where: str, name: str, default: Any, value: Any) -> Any:
-    """Check ``value`` against the type of the field's default; YAML reads ``1e-3`` (no
-    dot) as a string, so numeric strings are accepted for float fields."""
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, tuple):
-        value = tuple(value) if isinstance(value, (list, tuple)) else value
-        ok = isinstance(value, tuple) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value)
-    else:
-        ok = True
-    if not ok:
-        raise ConfigError(f"{where}.{name}: expected {type(default).__name__}, got {value!r}")
-    return value
+@dataclass(frozen=True)
+class SenderConfig(_Checked):
+    """Every option of ``resilient-tx send``, with its default.
+
+    :class:`~resilient_tx.resilience.endpoint.Sender` reads ``rate``, ``fec``,
+    ``context_depth`` and ``max_packet``; the command reads the rest.
+    """
+
+    to: str | None = None  # receiver HOST[:PORT]; the command requires it
+    transport: Transport = "udp"
+    rate: str = DEFAULT_RATE
+    fec: str = "light"  # a profile name from configs/fec.yaml, or "for_loss:P"
+    # Later stages are coded given the first N stages only, so one lost stage does not
+    # take every later one with it (0 = the paper's full chain); the loss sweep found 2
+    # the best trade between rate and resilience.
+    context_depth: int = 2
+    pace: float | None = None  # Mbit/s; None = as fast as the transport accepts
+    sim_loss: float = 0.0  # share of packets the channel simulator drops at the sender
+    loss_model: LossModel = "bernoulli"
+    burst: float = 4.0  # mean burst length of the gilbert loss model
+    seed: int = 0  # seed of the simulated loss
+    max_packet: int = DEFAULT_MAX_PACKET
+    device: str = "auto"
+    threads: int = 0  # 0 = torch's default
+
+    def _validate(self) -> None:
+        _require("context_depth", self.context_depth >= 0,
+                 f"must be >= 0, got {self.context_depth}")
+        _require("threads", self.threads >= 0, f"must be >= 0, got {self.threads}")
 
 
-def _build(cls: type[T], section: Any, where: str) -> T:
-    section = {} if section is None else section
-    if not isinstance(section, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(section).__name__}")
-    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(section) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
-    kwargs = {k: _coerce(where, k, known[k].default, v) for k, v in section.items()}
+@dataclass(frozen=True)
+class ReceiverConfig(_Checked):
+    """Every option of ``resilient-tx recv``, with its default."""
+
+    listen: str = f"0.0.0.0:{DEFAULT_PORT}"
+    transport: Transport = "udp"
+    out_dir: str = "received"
+    count: int = 0  # exit after this many images; 0 = run forever
+    # Seconds after an image's last packet before decoding whatever came: long enough to
+    # ride out jitter, short enough that a vanished sender's image still comes out.
+    deadline: float = 0.5
+    device: str = "auto"
+    inpainter: InpainterName = "mim"
+    ar_window: int | None = None  # with inpainter ar: tokens per side; None = the prior's
+    json: bool = False  # one JSON object per image instead of a report line
+    threads: int = 0  # 0 = torch's default
+
+    def _validate(self) -> None:
+        _require("count", self.count >= 0, f"must be >= 0 (0 = run forever), got {self.count}")
+        _require("deadline", self.deadline > 0, f"must be > 0 seconds, got {self.deadline:g}")
+        _require("threads", self.threads >= 0, f"must be >= 0, got {self.threads}")
+
+
+# Which sections a config file of each kind may hold.
+RUN_SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "ar": ArConfig}
+TRANSPORT_SECTIONS: dict[str, type] = {"send": SenderConfig, "recv": ReceiverConfig}
+_SECTION_OF = {cls: (name, kind) for kind in (RUN_SECTIONS, TRANSPORT_SECTIONS)
+               for name, cls in kind.items()}
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """Values from one source, and how an error names a key that came from it."""
+
+    values: Mapping[str, Any]
+    label: str  # "FILE: section" or "section"
+    flags: bool = False  # command-line flags: a key is named as its flag
+
+    def where(self, key: str) -> str:
+        if self.flags:
+            return "--" + key.replace("_", "-")
+        return f"{self.label}.{key}"
+
+
+def _build(cls: type[C], layers: list[_Layer], default_label: str) -> C:
+    """``cls`` from ``layers`` (later ones win; None means not given), checked."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for layer in layers:
+        unknown = sorted(map(str, set(layer.values) - known))
+        if unknown:
+            raise ConfigError(f"{layer.label}: unknown key(s) {', '.join(unknown)}")
+        for key, value in layer.values.items():
+            if value is not None:
+                values[key], origin[key] = value, layer.where(key)
     try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
+        return cls(**values)
+    except FieldError as exc:
+        where = origin.get(exc.key, f"{default_label}.{exc.key}")
+        raise ConfigError(f"{where}: {exc.rule}") from None
 
 
 def read_yaml(path: str | Path, what: str = "file") -> Any:
@@ -186,32 +387,75 @@ def read_yaml(path: str | Path, what: str = "file") -> Any:
     try:
         return yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+        reason = " ".join(str(exc).split())  # PyYAML's message spans several lines
+        raise ConfigError(f"{p}: not valid YAML ({reason})") from exc
 
 
-def load_run_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML run config (``model:`` / ``train:`` / ``ar:`` sections); missing keys keep
-    defaults."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        data = read_yaml(p, "config file") or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-        extra = sorted(set(data) - {"model", "train", "ar"})
-        if extra:
-            raise ConfigError(f"{p}: unknown section(s) {', '.join(extra)}")
-    model = _build(ModelConfig, data.get("model"), "model")
-    train = _build(TrainConfig, data.get("train"), "train")
-    ar = _build(ArConfig, data.get("ar"), "ar")
-    if overrides:
-        train = _build(TrainConfig, {**dataclasses.asdict(train), **overrides}, "train")
-    return RunConfig(model=model, train=train, ar=ar)
+def read_sections(path: str | Path | None, allowed: Mapping[str, type]) -> dict[str, Any]:
+    """The top-level mapping of a config file (``{}`` for no file), sections checked."""
+    if path is None:
+        return {}
+    data = read_yaml(path, "config file")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    extra = sorted(map(str, set(data) - set(allowed)))
+    if extra:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(extra)}")
+    return data
 
 
-def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
-    return _build(ModelConfig, d, "model")
+def _section(data: Mapping[str, Any], name: str, label: str) -> _Layer:
+    body = data.get(name)
+    if body is None:  # absent, or present but empty
+        body = {}
+    if not isinstance(body, dict):
+        raise ConfigError(f"{label}: expected a mapping, got {type(body).__name__}")
+    return _Layer(body, label)
 
 
-def ar_config_from_dict(d: dict[str, Any]) -> ArConfig:
-    return _build(ArConfig, d, "ar")
+def _file_label(path: str | Path | None, section: str) -> str:
+    return section if path is None else f"{path}: {section}"
+
+
+def load_config(cls: type[C], path: str | Path | None = None,
+                flags: Mapping[str, Any] | None = None) -> C:
+    """One config from its section of the file at ``path`` and then ``flags``.
+
+    ``cls`` is any config class (:class:`SenderConfig` reads the ``send:`` section of a
+    transport config, :class:`TrainConfig` the ``train:`` section of a run config). Flags
+    are field name -> value; None means the flag was not given.
+    """
+    if cls not in _SECTION_OF:
+        raise TypeError(f"{cls!r} is not a config class with a file section")
+    name, allowed = _SECTION_OF[cls]
+    label = _file_label(path, name)
+    layers = [_section(read_sections(path, allowed), name, label)]
+    if flags:
+        layers.append(_Layer(flags, f"{name} flags", flags=True))
+    return _build(cls, layers, label)
+
+
+def load_run_config(path: str | Path | None,
+                    overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """A run config (``model:`` / ``train:`` / ``ar:``); ``overrides`` apply to ``train``."""
+    data = read_sections(path, RUN_SECTIONS)
+    built: dict[str, Any] = {}
+    for name, cls in RUN_SECTIONS.items():
+        label = _file_label(path, name)
+        layers = [_section(data, name, label)]
+        if name == "train" and overrides:
+            layers.append(_Layer(overrides, "train"))
+        built[name] = _build(cls, layers, label)
+    return RunConfig(**built)
+
+
+def model_config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
+    """A :class:`ModelConfig` from a mapping (e.g. a model file's), by the same rule."""
+    return _build(ModelConfig, [_Layer(d, "model")], "model")
+
+
+def ar_config_from_dict(d: Mapping[str, Any]) -> ArConfig:
+    """An :class:`ArConfig` from a mapping (e.g. a prior file's), by the same rule."""
+    return _build(ArConfig, [_Layer(d, "ar")], "ar")

@@ -28,8 +28,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from resilient_tx.app.demo import sample_path  # noqa: E402
+from resilient_tx.config import SenderConfig  # noqa: E402
 from resilient_tx.images import load_rgb  # noqa: E402
-from resilient_tx.resilience.endpoint import Sender, SenderConfig  # noqa: E402
+from resilient_tx.resilience.endpoint import Sender  # noqa: E402
 from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
 from resilient_tx.transport import open_sender  # noqa: E402
 from resilient_tx.transport.channel import ChannelConfig, transmit  # noqa: E402

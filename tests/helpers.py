@@ -6,9 +6,14 @@ Test modules import from here, never from one another.
 from __future__ import annotations
 
 import importlib.util
+import socket
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any, TypeVar
 
 import torch
 
@@ -48,3 +53,52 @@ def derive_cluster_summed(base: LoadedModel, k: int, name: str = "") -> LoadedMo
     books, _ = cluster_codebooks(base, k)
     return build_model(base, books, cluster_sum_marginals(base, books),
                        name or f"{base.name}-k{k}", {})
+
+
+# --- running the example programs and commands against each other on loopback --------
+
+R = TypeVar("R")
+
+
+def load_script(relative: str) -> ModuleType:
+    """Import a runnable script of the repository (e.g. ``sender/send_image.py``)."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = mod  # dataclasses in the script look their module up by name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def free_port(transport: str = "udp") -> int:
+    """A free loopback port: UDP for udp, TCP (the signalling socket) for webrtc."""
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, transport: str = "udp", timeout: float = 120.0) -> None:
+    """Block until a receiver owns ``port`` (binding it ourselves fails), so no packet is
+    sent before anyone listens -- a fixed sleep loses packets on a loaded machine."""
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"receiver did not open port {port} within {timeout} s")
+
+
+def call_in_thread(fn: Callable[..., R], *args: Any) -> tuple[threading.Thread, list[R]]:
+    """Start ``fn(*args)`` in a daemon thread; returns the thread and a list that will
+    hold its return value (a receiver's ``main`` blocks until its images are in)."""
+    results: list[R] = []
+    thread = threading.Thread(target=lambda: results.append(fn(*args)), daemon=True)
+    thread.start()
+    return thread, results

@@ -1,18 +1,31 @@
-"""YAML run configs (resilient_tx.config)."""
+"""Config dataclasses, the one coercion rule and the YAML + flags loader (resilient_tx.config)."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from resilient_tx import config as config_module
 from resilient_tx.config import (
+    DEFAULT_MAX_PACKET,
+    DEFAULT_PORT,
     ArConfig,
+    FieldError,
     ModelConfig,
+    ReceiverConfig,
     RunConfig,
+    SenderConfig,
     TrainConfig,
+    coerce,
+    field_types,
+    load_config,
     load_run_config,
     model_config_from_dict,
 )
@@ -116,19 +129,24 @@ def test_config_is_frozen() -> None:
         ("train: 5\n", "train: expected a mapping, got int"),
         ("model: {downsample: 8\n", "not valid YAML"),
         ("model:\n\tdownsample: 8\n", "not valid YAML"),
-        ("model:\n  downsample: 12\n", "downsample must be 8, 16 or 32, got 12"),
-        ("model:\n  latent_dim: 30\n", "latent_dim must be a positive multiple of num_subvectors"),
-        ("model:\n  num_subvectors: 0\n", "num_subvectors"),
-        ("model:\n  codebook_size: 1\n", r"codebook_size must be in \[2, 4096\]"),
-        ("model:\n  codebook_size: 5000\n", r"codebook_size must be in \[2, 4096\]"),
-        ("model:\n  downsample: 32\n", "widths needs 4 entries for downsample=32"),
-        ("model:\n  stages: 0\n", "stages must be >= 1"),
-        ("model:\n  widths: 5\n", "model.widths: expected tuple"),
-        ("train:\n  weight_storage: int4\n", "weight_storage must be fp16, fp32 or int8"),
-        ("ar:\n  window: 1\n", r"ar.window must be in \[2, 64\]"),
-        ("ar:\n  dim: 10\n  heads: 4\n", "ar.dim must be a positive multiple of ar.heads"),
-        ("ar:\n  max_mask_ratio: 1.0\n", r"ar.max_mask_ratio must be in \[0, 1\)"),
-        ("ar:\n  steps: -1\n", "ar.steps must be >= 0"),
+        ("model:\n  downsample: 12\n", r"model\.downsample: must be 8, 16 or 32, got 12"),
+        ("model:\n  latent_dim: 30\n",
+         r"model\.latent_dim: must be a positive multiple of num_subvectors"),
+        ("model:\n  num_subvectors: 0\n", r"model\.num_subvectors: must be >= 1"),
+        ("model:\n  codebook_size: 1\n", r"codebook_size: must be in \[2, 4096\]"),
+        ("model:\n  codebook_size: 5000\n", r"codebook_size: must be in \[2, 4096\]"),
+        ("model:\n  downsample: 32\n", "model.widths: needs 4 entries for downsample=32"),
+        ("model:\n  stages: 0\n", "model.stages: must be >= 1"),
+        ("model:\n  widths: 5\n", "model.widths: expected a list of int, got 5"),
+        ("model:\n  widths: [8, 8.5, 8]\n", "model.widths: expected int, got 8.5"),
+        ("train:\n  weight_storage: int4\n",
+         "train.weight_storage: must be one of fp16, fp32, int8, got 'int4'"),
+        ("ar:\n  window: 1\n", r"ar\.window: must be in \[2, 64\]"),
+        ("ar:\n  dim: 10\n  heads: 4\n", r"ar\.dim: must be a positive multiple of heads \(4\)"),
+        ("ar:\n  max_mask_ratio: 1.0\n", r"ar\.max_mask_ratio: must be in \[0, 1\)"),
+        ("ar:\n  steps: -1\n", "ar.steps: must be >= 0"),
+        ("train:\n  lr: fast\n", "train.lr: expected float, got 'fast'"),
+        ("train:\n  steps: true\n", "train.steps: expected int, got True"),
         ("ar:\n  windoww: 8\n", r"ar: unknown key\(s\) windoww"),
     ],
 )
@@ -207,14 +225,158 @@ def test_falsy_non_mapping_section_is_rejected(tmp_path: Path, text: str) -> Non
         load_run_config(write(tmp_path, text))
 
 
-def test_train_values_are_type_checked(tmp_path: Path) -> None:
-    try:
-        run = load_run_config(write(tmp_path, "train:\n  lr: 1e-3\n"))
-    except ConfigError:
-        return
-    assert isinstance(run.train.lr, float)
+def test_yaml_11_exponent_strings_are_floats(tmp_path: Path) -> None:
+    # PyYAML (YAML 1.1) reads 1e-3 as the string "1e-3"; float fields take it.
+    run = load_run_config(write(tmp_path, "train:\n  lr: 1e-3\n  min_lr: 5E-5\n"))
+    assert run.train.lr == 1e-3 and isinstance(run.train.lr, float)
+    assert run.train.min_lr == 5e-5
 
 
 def test_unknown_override_is_config_error() -> None:
     with pytest.raises(ConfigError):
         load_run_config(None, {"stepz": 1})
+
+
+# --------------------------------------------------------------------------- the one rule
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+ints = st.integers(-(2**40), 2**40)
+# The documented spelling of a number in a float field's string: YAML 1.2 / JSON decimals.
+DECIMAL = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?", re.ASCII)
+not_numbers = st.text().filter(lambda t: not DECIMAL.fullmatch(t))
+
+
+@given(finite)
+def test_float_fields_take_floats_and_their_decimal_strings(x: float) -> None:
+    assert coerce(float, x) == x
+    assert coerce(float, repr(x)) == x  # repr writes 1e-05, 1.5e+300, 0.1 ...
+    assert coerce(float, f"{x:e}") == float(f"{x:e}")
+    assert coerce(float | None, repr(x)) == x
+
+
+@given(ints)
+def test_float_fields_take_ints_as_floats_and_int_fields_keep_them(n: int) -> None:
+    as_float = coerce(float, n)
+    assert as_float == float(n) and type(as_float) is float
+    assert coerce(int, n) == n and type(coerce(int, n)) is int
+    assert coerce(float, str(n)) == float(n)
+
+
+@given(not_numbers)
+def test_float_fields_refuse_other_strings(text: str) -> None:
+    with pytest.raises(FieldError, match="expected float"):
+        coerce(float, text)
+
+
+@given(st.one_of(finite, st.text(), st.booleans(), st.none(), st.lists(ints)))
+def test_int_fields_take_only_ints(value: Any) -> None:
+    with pytest.raises(FieldError, match="expected int"):
+        coerce(int, value)
+
+
+@given(st.one_of(ints, finite, st.text(), st.none()))
+def test_bool_fields_take_only_true_or_false(value: Any) -> None:
+    with pytest.raises(FieldError, match="expected true or false"):
+        coerce(bool, value)
+
+
+@given(st.booleans())
+def test_bools_are_never_numbers(flag: bool) -> None:
+    assert coerce(bool, flag) is flag
+    for kind in (int, float, str):
+        with pytest.raises(FieldError):
+            coerce(kind, flag)
+
+
+@given(st.text(), st.sampled_from(["udp", "webrtc"]))
+def test_literal_fields_take_exactly_their_values(text: str, choice: str) -> None:
+    hint = Literal["udp", "webrtc"]
+    assert coerce(hint, choice) == choice
+    if text not in ("udp", "webrtc"):
+        with pytest.raises(FieldError, match="must be one of udp, webrtc"):
+            coerce(hint, text)
+
+
+@given(st.lists(ints, max_size=5))
+def test_tuple_fields_take_lists(values: list[int]) -> None:
+    assert coerce(tuple[int, ...], values) == tuple(values)
+    assert coerce(tuple[int, ...], tuple(values)) == tuple(values)
+
+
+def _valid_sender() -> st.SearchStrategy[SenderConfig]:
+    name = st.text(st.characters(codec="ascii", categories=["L", "N"]), min_size=1)
+    return st.builds(
+        SenderConfig, to=st.none() | name, transport=st.sampled_from(["udp", "webrtc"]),
+        rate=name, fec=name, context_depth=st.integers(0, 7),
+        pace=st.none() | st.floats(0.1, 1e4), sim_loss=st.floats(0, 0.9),
+        loss_model=st.sampled_from(["bernoulli", "gilbert"]), burst=st.floats(1, 100),
+        seed=st.integers(0, 2**31), max_packet=st.integers(64, 1200),
+        threads=st.integers(0, 64))
+
+
+@given(_valid_sender())
+def test_any_sender_config_survives_a_yaml_round_trip(cfg: SenderConfig) -> None:
+    data = yaml.safe_load(yaml.safe_dump({"send": dataclasses.asdict(cfg)}))
+    assert load_config(SenderConfig, None, data["send"]) == cfg  # same rule as a file's
+
+
+@pytest.mark.parametrize("name", sorted(field_types(ReceiverConfig)))
+def test_null_means_the_default(tmp_path: Path, name: str) -> None:
+    p = write(tmp_path, f"recv:\n  {name}: null\n")
+    assert load_config(ReceiverConfig, p, {name: None}) == ReceiverConfig()
+
+
+def test_every_config_class_uses_the_rule_on_construction() -> None:
+    assert TrainConfig(lr="1e-3").lr == 1e-3  # type: ignore[arg-type]
+    assert ModelConfig(widths=[8, 8, 8]).widths == (8, 8, 8)  # type: ignore[arg-type]
+    assert SenderConfig(pace=20).pace == 20.0
+    with pytest.raises(FieldError, match="transport: must be one of udp, webrtc, got 'tcp'"):
+        SenderConfig(transport="tcp")  # type: ignore[arg-type]
+    with pytest.raises(FieldError, match="json: expected true or false"):
+        ReceiverConfig(json=1)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- send / recv
+
+
+def test_role_defaults_are_the_documented_ones() -> None:
+    assert SenderConfig().rate == "low" and SenderConfig().context_depth == 2
+    assert SenderConfig().max_packet == DEFAULT_MAX_PACKET == 1200
+    assert ReceiverConfig().listen == f"0.0.0.0:{DEFAULT_PORT}" == "0.0.0.0:5004"
+    assert ReceiverConfig().deadline == 0.5
+
+
+def test_flags_win_over_the_file_which_wins_over_defaults(tmp_path: Path) -> None:
+    p = write(tmp_path, "send:\n  rate: high\n  seed: 3\n  pace: 20\nrecv:\n  count: 2\n")
+    cfg = load_config(SenderConfig, p, {"seed": 9, "fec": None})
+    assert (cfg.rate, cfg.seed, cfg.pace, cfg.fec) == ("high", 9, 20.0, "light")
+    assert load_config(ReceiverConfig, p).count == 2
+
+
+@pytest.mark.parametrize("text, flags, needle", [
+    ("send:\n  threads: two\n", {}, "{p}: send.threads: expected int, got 'two'"),
+    ("send:\n  colour: red\n", {}, "{p}: send: unknown key(s) colour"),
+    ("sendd:\n  rate: low\n", {}, "{p}: unknown section(s) sendd"),
+    ("send: [1]\n", {}, "{p}: send: expected a mapping, got list"),
+    ("", {"context_depth": -1}, "--context-depth: must be >= 0, got -1"),
+    ("send:\n  context_depth: -1\n", {}, "{p}: send.context_depth: must be >= 0, got -1"),
+])
+def test_send_errors_name_where_the_value_came_from(tmp_path: Path, text: str,
+                                                    flags: dict[str, Any], needle: str) -> None:
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(SenderConfig, p, flags)
+    assert str(info.value) == needle.format(p=p)
+
+
+def test_recv_range_checks_name_the_flag_or_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="^--deadline: must be > 0 seconds, got 0$"):
+        load_config(ReceiverConfig, None, {"deadline": 0})
+    p = write(tmp_path, "recv:\n  count: -1\n")
+    with pytest.raises(ConfigError, match=r"recv\.count: must be >= 0 \(0 = run forever\)"):
+        load_config(ReceiverConfig, p)
+
+
+def test_model_dict_errors_name_the_section() -> None:
+    with pytest.raises(ConfigError, match="^model.downsample: expected int, got '16'$"):
+        model_config_from_dict({"downsample": "16"})

@@ -1,4 +1,4 @@
-"""Packet transports (issue 4, items 3-5): memory, UDP and WebRTC over loopback.
+"""Packet transports (resilient_tx.transport): memory, UDP and WebRTC over loopback.
 
 Each test drives its own event loop with ``asyncio.run`` under an overall timeout, so a
 broken transport fails instead of hanging. Real-socket tests are marked ``network``.
@@ -17,8 +17,8 @@ from typing import TypeVar
 
 import pytest
 
+from resilient_tx.config import DEFAULT_MAX_PACKET
 from resilient_tx.errors import InputError, ResilientTxError, TransportError
-from resilient_tx.resilience.packet import DEFAULT_MAX_PACKET
 from resilient_tx.transport import (
     LossPattern,
     MemoryReceiver,
@@ -26,6 +26,7 @@ from resilient_tx.transport import (
     PacketReceiver,
     TransportConfig,
     UdpConfig,
+    max_message_size,
     memory_pair,
     open_receiver,
     open_sender,
@@ -127,6 +128,42 @@ def test_factory_rejects_unknown_kind_and_option() -> None:
     with pytest.raises(InputError):
         open_sender("udp", "h:99999")
     assert issubclass(TransportError, ResilientTxError)
+
+
+def test_max_message_size_per_kind() -> None:
+    from resilient_tx.transport.webrtc import SCTP_CHUNK_PAYLOAD
+
+    assert max_message_size("udp") == max_message_size("memory") == DEFAULT_MAX_PACKET
+    assert max_message_size("webrtc") == min(DEFAULT_MAX_PACKET, SCTP_CHUNK_PAYLOAD) == 1160
+    with pytest.raises(InputError, match="unknown transport"):
+        max_message_size("tcp")
+
+
+def test_receivers_say_how_to_reach_them() -> None:
+    async def main() -> None:
+        named, unnamed = MemoryReceiver("rx-addr"), MemoryReceiver()
+        async with named, unnamed:
+            assert named.address == "rx-addr" and unnamed.address is unnamed
+            for target in (named.address, unnamed.address):
+                async with open_sender("memory", target) as tx:
+                    await tx.send([b"hi"])
+            assert (await named.recv())[0] == (await unnamed.recv())[0] == b"hi"
+        with pytest.raises(TransportError, match="not open"):
+            open_receiver("udp", LOOPBACK).address  # noqa: B018 - the property raises
+
+    run(main())
+
+
+def test_configured_max_packet_is_the_limit() -> None:
+    async def main() -> None:
+        sender, receiver = memory_pair(config=TransportConfig(max_packet=100))
+        async with receiver, sender:
+            with pytest.raises(TransportError, match="101 bytes"):
+                await sender.send([b"x" * 101])
+            await sender.send([b"x" * 100])
+            assert receiver.deliver(b"y" * 101, "raw") is False  # the receiver drops it too
+
+    run(main())
 
 
 def test_constructing_opens_nothing() -> None:

@@ -259,10 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(demo)
     demo.set_defaults(func=_cmd_demo)
 
+    from resilient_tx.app import recv, send
     from resilient_tx.app.derive_rate import add_parser as add_derive_rate_parser
-    from resilient_tx.app.netcmd import add_parsers
 
-    add_parsers(sub)
+    send.add_parser(sub)
+    recv.add_parser(sub)
     add_derive_rate_parser(sub)
     return p
 

@@ -87,7 +87,8 @@ def _transmission(args: argparse.Namespace, fec: str, image: np.ndarray, device,
                   out: Path) -> None:
     """Loopback UDP with simulated loss: the mission in one picture (issue 4, item 7)."""
     from resilient_tx.app.loopback import run_loopback
-    from resilient_tx.resilience.endpoint import Receiver, Sender, SenderConfig
+    from resilient_tx.config import SenderConfig
+    from resilient_tx.resilience.endpoint import Receiver, Sender
 
     sender = Sender(SenderConfig(fec=fec), device)
     receiver = Receiver("mim", device)

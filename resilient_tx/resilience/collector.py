@@ -1,16 +1,20 @@
 """Receiver bookkeeping: which packets belong to which image, and when an image is due.
 
-Issue 4 ("collecting an image"): packets are grouped per sender and image id; an image is
-due when every stage can be completed, or when ``deadline`` seconds have passed since its
-last packet (a sender that vanished mid-image). Like aiortc's jitter buffer this is a pure
-state machine: the caller passes the clock in, and nothing here touches a socket.
+Packets are grouped per sender, image id and model id; an image is due when every stage
+can be completed, or when ``deadline`` seconds have passed since its last packet (a
+sender that vanished mid-image). How many stages "every" is depends on the model, so the
+collector asks ``stage_count`` (the receiver knows its models); an image of a model it
+does not know can never be complete and is released by its deadline, for the receiver to
+report. Like aiortc's jitter buffer this is a pure state machine: the caller passes the
+clock in, and nothing here touches a socket.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
+from resilient_tx.config import ReceiverConfig
 from resilient_tx.errors import ResilientTxError
 from resilient_tx.resilience.packet import Packet
 from resilient_tx.resilience.reassembly import ImageAssembler
@@ -33,12 +37,15 @@ class DueImage:
     complete: bool  # False: released by the deadline, with packets missing
 
 
+StageCount = Callable[[bytes], int | None]  # model id -> quincunx stages; None: unknown
+
+
 @dataclass
 class Collector:
-    """Groups packets into images. ``stages`` is the quincunx stage count of the models."""
+    """Groups packets into images; ``stage_count`` gives each model's quincunx stages."""
 
-    deadline: float = 0.5
-    stages: int = 5
+    stage_count: StageCount
+    deadline: float = ReceiverConfig.deadline
     max_open: int = 64  # bound on images held at once: a flood cannot exhaust memory
     # A CRC-valid header may still announce a 65535 x 65535 image; decoding that would take
     # minutes and gigabytes, so larger images are refused (8192 x 8192 by default).
@@ -68,7 +75,8 @@ class Collector:
         else:
             entry.asm.add(p)
             entry.last_seen = now
-        if entry.asm.is_complete(self.stages):
+        stages = self.stage_count(p.model_id)
+        if stages is not None and entry.asm.is_complete(stages):
             return self._release(key, complete=True)
         return None
 

@@ -1,9 +1,10 @@
-"""Whole-image sender and receiver steps, shared by the CLI, the sweep and the demo.
+"""Whole-image sender and receiver steps, shared by the commands, the demo and benchmarks.
 
-``Sender.packets`` turns an image into packets (issue 3 item 2); ``Receiver.finish`` turns
-a collected image into pixels: exact tokens where the context allows, inpainting for the
-rest (issue 3 item 4, issue 4 "producing the output"). Models are looked up by the id
-every packet carries, so one receiver serves every shipped rate point.
+``Sender.packets`` turns an image into packets; ``Receiver.finish`` turns a collected
+image into pixels: exact tokens where the context allows, inpainting for the rest.
+Models are looked up by the id every packet carries, so one receiver serves every
+shipped rate point, and tells the :class:`~.collector.Collector` how many stages each
+one has (:meth:`Receiver.stage_count`). Both are sans-IO: a transport moves the bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from resilient_tx.codec.image_codec import Codec
 from resilient_tx.codec.inpaint import Inpainter, get_inpainter
+from resilient_tx.config import SenderConfig
 from resilient_tx.errors import InputError, ModelNotFoundError
 from resilient_tx.resilience import fec
 from resilient_tx.resilience.collector import DueImage
@@ -32,14 +34,6 @@ def rate_point_id(name: str) -> int:
     return rates.index(name) if name in rates else 255
 
 
-@dataclass(frozen=True)
-class SenderConfig:
-    rate: str = "low"
-    fec: str = "light"  # a profile name from configs/fec.yaml, or "for_loss:P"
-    context_depth: int = 2  # see packetizer.py; 2 measured best in simulations/loss_sweep.py
-    max_packet: int = 1200
-
-
 def fec_profile(name: str) -> fec.FecProfile:
     """A named profile, or ``for_loss:P`` for parity derived from a loss rate P."""
     if name.startswith("for_loss:"):
@@ -53,7 +47,10 @@ def fec_profile(name: str) -> fec.FecProfile:
 
 
 class Sender:
-    """Encodes and packetizes images for one rate point and FEC setting."""
+    """Encodes and packetizes images for one rate point and FEC setting.
+
+    Reads ``rate``, ``fec``, ``context_depth`` and ``max_packet`` of the config.
+    """
 
     def __init__(self, cfg: SenderConfig, device: torch.device) -> None:
         codec = Codec(get_model(cfg.rate), device)
@@ -81,6 +78,7 @@ class Receiver:
         self.ar_window = ar_window
         self.device = device
         self._codecs: dict[bytes, tuple[Codec, Inpainter]] = {}
+        self._stage_counts: dict[bytes, int] | None = None
 
     def _for_model(self, model_id: bytes) -> tuple[Codec, Inpainter]:
         if model_id not in self._codecs:
@@ -99,6 +97,17 @@ class Receiver:
             print(f"resilient-tx: {exc}; images of rate {model.name} are inpainted with the "
                   "MIM instead", file=sys.stderr)
             return get_inpainter("mim", model, self.device)
+
+    def stage_count(self, model_id: bytes) -> int | None:
+        """Quincunx stages of the shipped model with this id; None for one we lack.
+
+        Called for every packet, so the shipped models are listed once; an unknown id
+        costs a dictionary miss, not a search of the model folder.
+        """
+        if self._stage_counts is None:
+            models = [get_model(rate) for rate in available_rates()]
+            self._stage_counts = {m.model_id: m.cfg.stages for m in models}
+        return self._stage_counts.get(model_id)
 
     def warm_up(self) -> None:
         """Load every shipped model, its inpainter and the entropy coder now, so the first

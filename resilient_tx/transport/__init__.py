@@ -1,4 +1,4 @@
-"""Packet transports (issue 4): UDP, WebRTC data channels, and in-memory for tests.
+"""Packet transports: UDP, WebRTC data channels, and in-memory for tests.
 
 All of them implement the narrow interface of :mod:`.base`::
 
@@ -13,7 +13,11 @@ All of them implement the narrow interface of :mod:`.base`::
 ``async with``, on ``await``, or on first use. Keyword options are the fields of the
 kind's config (:class:`TransportConfig`, :class:`UdpConfig`, ``WebRTCConfig``); the
 memory sender also takes ``loss=`` (:class:`LossPattern`) and ``peer=``. The WebRTC
-module (and aiortc) is imported only when first needed.
+modules (and aiortc) are imported only when first needed.
+
+A transport never looks inside a packet: the largest message it accepts is its config's
+``max_packet``, and :func:`max_message_size` tells a sender how large its packets may be
+for a kind of transport to carry each one whole.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from resilient_tx.errors import InputError
 from resilient_tx.transport.base import (
+    DEFAULT_CONFIG,
     DEFAULT_PORT,
     Address,
     Pacer,
@@ -32,6 +37,7 @@ from resilient_tx.transport.base import (
     ReceiveStats,
     SendStats,
     TransportConfig,
+    format_peer,
     parse_hostport,
 )
 from resilient_tx.transport.memory import LossPattern, MemoryReceiver, MemorySender, memory_pair
@@ -44,8 +50,8 @@ __all__ = [
     "DEFAULT_PORT", "KINDS", "Address", "LossPattern", "MemoryReceiver", "MemorySender",
     "PacketReceiver", "PacketSender", "Pacer", "QueuedReceiver", "ReceiveStats",
     "SendStats", "TransportConfig", "UdpConfig", "UdpReceiver", "UdpSender",
-    "WebRTCConfig", "WebRTCReceiver", "WebRTCSender", "memory_pair", "open_receiver",
-    "open_sender", "parse_hostport",
+    "WebRTCConfig", "WebRTCReceiver", "WebRTCSender", "format_peer", "max_message_size",
+    "memory_pair", "open_receiver", "open_sender", "parse_hostport",
 ]
 
 
@@ -80,6 +86,20 @@ def open_receiver(kind: str, listen: Any, **opts: Any) -> PacketReceiver:
         return WebRTCReceiver(listen, _config(WebRTCConfig, kind, opts))
     if kind == "memory":
         return MemoryReceiver(listen, _config(TransportConfig, kind, opts))
+    raise InputError(f"unknown transport {kind!r}; available: {', '.join(KINDS)}")
+
+
+def max_message_size(kind: str) -> int:
+    """The largest packet a ``kind`` transport carries as one message by default.
+
+    For WebRTC that is also at most one SCTP chunk: aiortc splits larger messages, and
+    losing either part would lose the whole packet.
+    """
+    if kind == "webrtc":
+        from resilient_tx.transport.webrtc import SCTP_CHUNK_PAYLOAD
+        return min(DEFAULT_CONFIG.max_packet, SCTP_CHUNK_PAYLOAD)
+    if kind in KINDS:
+        return DEFAULT_CONFIG.max_packet
     raise InputError(f"unknown transport {kind!r}; available: {', '.join(KINDS)}")
 
 

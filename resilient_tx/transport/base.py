@@ -1,8 +1,9 @@
 """The narrow transport interface: an async packet sender and an async packet receiver.
 
-A transport moves opaque datagrams of at most a configured size (1200 bytes by default).
-It promises nothing about order, duplicates or losses: the packet layer above
-treats a missing packet as an erasure. Every implementation (``memory``, ``udp``,
+A transport moves opaque datagrams of at most a configured size
+(:attr:`TransportConfig.max_packet`; by default the library's packet size). It promises
+nothing about order, duplicates or losses: the packet layer above treats a missing
+packet as an erasure. Every implementation (``memory``, ``udp``,
 ``webrtc``) derives from :class:`PacketSender` / :class:`PacketReceiver`, so callers and
 tests swap them freely (the in-memory one plays the role of httpx's ``MockTransport``).
 
@@ -30,10 +31,9 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from resilient_tx.config import DEFAULT_MAX_PACKET, DEFAULT_PORT
 from resilient_tx.errors import InputError, TransportError
-from resilient_tx.resilience.packet import DEFAULT_MAX_PACKET
 
-DEFAULT_PORT = 5004
 PACING_BURST_BYTES = 4 * DEFAULT_MAX_PACKET
 DEFAULT_MAX_QUEUE = 65536  # received packets buffered before new ones are dropped
 
@@ -309,6 +309,12 @@ class PacketSender(Endpoint):
 
 class PacketReceiver(Endpoint):
     """Yields ``(datagram, peer)`` pairs; ``async for`` ends when the receiver closes."""
+
+    @property
+    @abstractmethod
+    def address(self) -> object:
+        """What a sender of the same kind is given to reach this receiver, once open:
+        the bound ``(host, port)`` for the socket transports."""
 
     async def recv(self) -> tuple[bytes, str]:
         """The next datagram and a string naming its sender; TransportError once closed."""

@@ -1,6 +1,6 @@
 """Seeded packet channel simulator: loss, reordering, duplication, bit corruption.
 
-Issue 3, item 6. Pure and reproducible: :func:`transmit` maps a list of datagrams, a
+Pure and reproducible: :func:`transmit` maps a list of datagrams, a
 :class:`ChannelConfig` and an explicit integer seed to the delivered datagrams and a
 :class:`ChannelStats`; the same three inputs always give the same output.
 

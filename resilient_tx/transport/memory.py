@@ -82,6 +82,11 @@ class MemoryReceiver(QueuedReceiver):
         super().__init__(config)
         self.name = name
 
+    @property
+    def address(self) -> MemoryReceiver | str:
+        """Its registered name, or the receiver itself when it has none."""
+        return self if self.name is None else self.name
+
     async def _open(self) -> None:
         if self.name is None:
             return

@@ -7,18 +7,13 @@ binary message of at most ``max_packet`` (<= 1200) bytes; a larger one is refuse
 :class:`~resilient_tx.errors.TransportError` rather than fragmented (losing any fragment
 would lose the whole message). Only host ICE candidates are used (no STUN/TURN servers).
 
-Signalling (our own small exchange, so one receiver serves several senders, one peer
-connection each). The receiver listens on TCP at its ``HOST:PORT``. A sender connects
-and the two exchange one line each of UTF-8 JSON, newline-terminated::
-
-    sender   -> {"rtx": 1, "type": "offer",  "sdp": "<SDP offer with all candidates>"}
-    receiver -> {"rtx": 1, "type": "answer", "sdp": "<SDP answer with all candidates>"}
-
-ICE gathering completes before each description is sent, so no trickle messages
-follow. The TCP connection then stays open as the session's lifeline: when the sender
-closes it (or the peer connection fails), the receiver closes that peer connection.
-A malformed line, a line over :data:`MAX_SIGNAL_LINE` bytes, or a handshake slower than
-``connect_timeout`` ends that one session only; the receiver keeps serving.
+Signalling goes through :mod:`.signaling` (a :class:`~.signaling.Signaling` channel per
+sender; by default one TCP connection to the receiver's ``HOST:PORT`` carrying one JSON
+line each way). ICE gathering completes before each description is sent, so no trickle
+messages follow. The signalling connection stays open as the session's lifeline: when
+the sender closes it (or the peer connection fails), the receiver closes that peer
+connection. A malformed message or a handshake slower than ``connect_timeout`` ends
+that one session only; the receiver keeps serving any number of senders.
 
 Flow control. The sender sets ``bufferedAmountLowThreshold = low_water`` and, before
 each message, pauses while ``bufferedAmount > high_water`` until the channel's
@@ -35,8 +30,6 @@ aiortc quirk: aiortc splits a message into several SCTP DATA chunks above
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -48,8 +41,8 @@ from aiortc import (
     RTCSessionDescription,
 )
 
+from resilient_tx.config import DEFAULT_MAX_PACKET
 from resilient_tx.errors import InputError, TransportError
-from resilient_tx.resilience.packet import DEFAULT_MAX_PACKET
 from resilient_tx.transport.base import (
     Address,
     PacketSender,
@@ -60,16 +53,20 @@ from resilient_tx.transport.base import (
     check_positive_seconds,
     format_peer,
 )
+from resilient_tx.transport.signaling import (
+    SessionDescription,
+    Signaling,
+    TcpSignaling,
+    TcpSignalingServer,
+)
 
 try:  # the largest message aiortc sends as a single SCTP DATA chunk
     from aiortc.rtcsctptransport import USERDATA_MAX_LENGTH as SCTP_CHUNK_PAYLOAD
 except ImportError:  # pragma: no cover - older or newer aiortc layout
-    SCTP_CHUNK_PAYLOAD = DEFAULT_MAX_PACKET
+    SCTP_CHUNK_PAYLOAD = 1160  # aiortc 1.16's value
 
 logger = logging.getLogger(__name__)
 
-SIGNAL_VERSION = 1
-MAX_SIGNAL_LINE = 64 * 1024
 CHANNEL_LABEL = "resilient-tx"
 _DRAIN_POLL_S = 0.01
 
@@ -111,39 +108,6 @@ def _peer_connection() -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
 
-async def write_signal(writer: asyncio.StreamWriter, kind: str, sdp: str) -> None:
-    """Send one signalling line ``{"rtx": 1, "type": kind, "sdp": sdp}``."""
-    message = {"rtx": SIGNAL_VERSION, "type": kind, "sdp": sdp}
-    writer.write(json.dumps(message).encode() + b"\n")
-    await writer.drain()
-
-
-async def read_signal(reader: asyncio.StreamReader, kind: str) -> str:
-    """Read one signalling line of type ``kind`` and return its SDP."""
-    try:
-        line = await reader.readline()
-    except ValueError as exc:  # asyncio.LimitOverrunError: line over MAX_SIGNAL_LINE
-        raise TransportError(f"signalling line longer than {MAX_SIGNAL_LINE} bytes") \
-            from exc
-    if not line.endswith(b"\n"):
-        raise TransportError(f"signalling connection closed before the {kind}")
-    try:
-        message = json.loads(line)
-    except ValueError as exc:
-        raise TransportError(f"signalling {kind} is not JSON: {exc}") from exc
-    if (not isinstance(message, dict) or message.get("rtx") != SIGNAL_VERSION
-            or message.get("type") != kind or not isinstance(message.get("sdp"), str)):
-        raise TransportError(f"expected a version-{SIGNAL_VERSION} signalling {kind}, "
-                             f"got {line[:80]!r}")
-    return message["sdp"]
-
-
-async def _close_writer(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-
-
 def _sctp_busy(pc: RTCPeerConnection) -> bool:
     """True while SCTP still holds unacknowledged chunks.
 
@@ -154,15 +118,19 @@ def _sctp_busy(pc: RTCPeerConnection) -> bool:
 
 
 class WebRTCSender(PacketSender):
-    """Connects to a :class:`WebRTCReceiver` at ``target`` and sends over a data channel."""
+    """Connects to a :class:`WebRTCReceiver` at ``target`` and sends over a data channel.
 
-    def __init__(self, target: str | Address, config: WebRTCConfig = DEFAULT_WEBRTC_CONFIG) -> None:
+    ``signaling`` replaces the default TCP exchange with the receiver at ``target``.
+    """
+
+    def __init__(self, target: str | Address, config: WebRTCConfig = DEFAULT_WEBRTC_CONFIG,
+                 signaling: Signaling | None = None) -> None:
         super().__init__(config)
         self.target = as_address(target)
         self._rtc = config
+        self._signaling = signaling if signaling is not None else TcpSignaling(self.target)
         self._pc: RTCPeerConnection | None = None
         self._channel: RTCDataChannel | None = None
-        self._writer: asyncio.StreamWriter | None = None
         self._writable = asyncio.Event()
 
     async def _open(self) -> None:
@@ -178,19 +146,18 @@ class WebRTCSender(PacketSender):
             raise TransportError(f"WebRTC connection to {where} failed: {exc}") from exc
 
     async def _connect(self) -> None:
-        reader, self._writer = await asyncio.open_connection(*self.target,
-                                                             limit=MAX_SIGNAL_LINE)
+        await self._signaling.connect()
         self._pc = pc = _peer_connection()
         settled = asyncio.Event()
-        self._channel = self._make_channel(pc, settled)
+        self._channel = channel = self._make_channel(pc, settled)
         pc.on("connectionstatechange",
               lambda: settled.set() if pc.connectionState in ("failed", "closed") else None)
         await pc.setLocalDescription(await pc.createOffer())
-        await write_signal(self._writer, "offer", pc.localDescription.sdp)
-        answer = await read_signal(reader, "answer")
+        await self._signaling.send(SessionDescription("offer", pc.localDescription.sdp))
+        answer = await self._signaling.expect("answer")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         await settled.wait()
-        if self._channel.readyState != "open":
+        if channel.readyState != "open":
             raise TransportError(f"peer connection {pc.connectionState}")
 
     def _make_channel(self, pc: RTCPeerConnection, opened: asyncio.Event) -> RTCDataChannel:
@@ -203,12 +170,12 @@ class WebRTCSender(PacketSender):
 
     async def _send_one(self, packet: bytes) -> None:
         channel = self._channel
-        assert channel is not None  # opened by send()
-        if channel.bufferedAmount > self._rtc.high_water:
+        if channel is not None and channel.bufferedAmount > self._rtc.high_water:
             await self._wait_writable()
-        if channel.readyState != "open":
+        if channel is None or channel.readyState != "open":
+            state = "not open" if channel is None else channel.readyState
             raise TransportError(f"WebRTC data channel to {format_peer(self.target)} "
-                                 f"is {channel.readyState}")
+                                 f"is {state}")
         channel.send(packet)
 
     async def _wait_writable(self) -> None:
@@ -239,8 +206,7 @@ class WebRTCSender(PacketSender):
     async def _teardown(self) -> None:
         if self._pc is not None:
             await self._pc.close()
-        if self._writer is not None:
-            await _close_writer(self._writer)
+        await self._signaling.close()  # hanging up ends the session at the receiver
 
 
 class WebRTCReceiver(QueuedReceiver):
@@ -250,68 +216,45 @@ class WebRTCReceiver(QueuedReceiver):
         super().__init__(config)
         self.listen = as_address(listen, allow_port_zero=True)
         self._rtc = config
-        self._server: asyncio.Server | None = None
-        self._sessions: set[asyncio.Task[None]] = set()
+        self._server = TcpSignalingServer(self.listen, self._session)
 
     @property
     def address(self) -> Address:
         """The bound signalling ``(host, port)``; only valid once open."""
-        if self._server is None or not self._server.sockets:
+        if not self._opened:
             raise TransportError("WebRTCReceiver is not open")
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return host, port
+        return self._server.address
 
     @property
     def peers(self) -> int:
         """Senders currently connected (signalling sessions in progress or open)."""
-        return len(self._sessions)
+        return self._server.sessions
 
     async def _open(self) -> None:
-        try:
-            self._server = await asyncio.start_server(
-                self._accept, *self.listen, limit=MAX_SIGNAL_LINE)
-        except OSError as exc:
-            raise TransportError(f"cannot listen on TCP {format_peer(self.listen)}: {exc}") \
-                from exc
+        await self._server.start()
 
     async def _close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._sessions):
-            task.cancel()
-        await asyncio.gather(*self._sessions, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
+        await self._server.close()
 
-    async def _accept(self, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
+    async def _session(self, signaling: Signaling) -> None:
         """One sender's session: handshake, then hold the peer connection until it ends."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._sessions.add(task)
-        peer = format_peer(writer.get_extra_info("peername"))
         pc = _peer_connection()
         try:
-            await self._serve(reader, writer, pc, peer)
-        except Exception as exc:  # noqa: BLE001 - a bad peer must never stop the receiver
-            logger.warning("WebRTC session with %s ended: %s", peer, exc)
+            await self._serve(signaling, pc)
         finally:
             await pc.close()
-            await _close_writer(writer)
-            self._sessions.discard(task)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     pc: RTCPeerConnection, peer: str) -> None:
-        offer = await asyncio.wait_for(read_signal(reader, "offer"),
-                                       self._rtc.connect_timeout)
+    async def _serve(self, signaling: Signaling, pc: RTCPeerConnection) -> None:
+        peer = signaling.peer
+        offer = await asyncio.wait_for(signaling.expect("offer"), self._rtc.connect_timeout)
         ended = asyncio.Event()
         pc.on("datachannel", lambda channel: self._attach(channel, peer))
         pc.on("connectionstatechange",
               lambda: ended.set() if pc.connectionState in ("failed", "closed") else None)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
-        await write_signal(writer, "answer", pc.localDescription.sdp)
-        await _until_over(reader, ended)
+        await signaling.send(SessionDescription("answer", pc.localDescription.sdp))
+        await _until_over(signaling, ended)
 
     def _attach(self, channel: RTCDataChannel, peer: str) -> None:
         if channel.ordered or channel.maxRetransmits != 0:
@@ -320,18 +263,12 @@ class WebRTCReceiver(QueuedReceiver):
         channel.on("message", lambda message: self.deliver(message, peer))
 
 
-async def _until_over(reader: asyncio.StreamReader, ended: asyncio.Event) -> None:
-    """Return when the signalling connection reaches EOF or the peer connection ends."""
-    eof = asyncio.ensure_future(_read_to_eof(reader))
+async def _until_over(signaling: Signaling, ended: asyncio.Event) -> None:
+    """Return when the signalling peer hangs up or the peer connection ends."""
+    hung_up = asyncio.ensure_future(signaling.wait_closed())
     gone = asyncio.ensure_future(ended.wait())
     try:
-        await asyncio.wait({eof, gone}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({hung_up, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        eof.cancel()
+        hung_up.cancel()
         gone.cancel()
-
-
-async def _read_to_eof(reader: asyncio.StreamReader) -> None:
-    with contextlib.suppress(OSError):
-        while await reader.read(4096):
-            pass  # nothing is expected after the offer; ignore it

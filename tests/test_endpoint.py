@@ -1,4 +1,4 @@
-"""Sender/Receiver steps shared by the CLI, the demo and the benchmarks."""
+"""Whole-image Sender/Receiver steps (resilient_tx.resilience.endpoint)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,13 @@ def test_other_inpainters_are_used_as_named() -> None:
     assert isinstance(rx._inpainter(get_model("low-k64")), NeighborInpainter)
 
 
+def test_stage_count_knows_the_shipped_models_only() -> None:
+    rx = Receiver("mim", torch.device("cpu"))
+    assert rx.stage_count(get_model("low").model_id) == get_model("low").cfg.stages
+    assert rx.stage_count(get_model("low-k16").model_id) == get_model("low-k16").cfg.stages
+    assert rx.stage_count(b"\x00" * 8) is None
+
+
 def test_fec_profile_names() -> None:
     assert fec_profile("strong").name == "strong"
     assert fec_profile("for_loss:0.3").loss_rate == 0.3
@@ -55,8 +62,9 @@ _FUZZ_IMAGE_ID = 77
 @pytest.fixture(scope="module")
 def genuine() -> list[Packet]:
     from resilient_tx.app.demo import sample_path
+    from resilient_tx.config import SenderConfig
     from resilient_tx.images import load_rgb
-    from resilient_tx.resilience.endpoint import Sender, SenderConfig
+    from resilient_tx.resilience.endpoint import Sender
 
     image = load_rgb(sample_path())[:40, :72]
     sender = Sender(SenderConfig(fec="light", max_packet=120), torch.device("cpu"))
@@ -93,7 +101,7 @@ def _mutant(draw, p: Packet) -> Packet:
 def test_receiver_never_crashes_on_crc_valid_packets(genuine, receiver, data) -> None:
     chosen = data.draw(st.lists(st.sampled_from(genuine), max_size=len(genuine)))
     packets = [_mutant(data.draw, p) if data.draw(st.booleans()) else p for p in chosen]
-    collector = Collector(deadline=0.1)
+    collector = Collector(receiver.stage_count, deadline=0.1)
     due = [d for d in (collector.feed(bytes(p), "peer", 0.0) for p in packets) if d]
     due += collector.flush()
     for d in due:
