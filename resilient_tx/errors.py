@@ -40,7 +40,7 @@ class ModelNotFoundError(InputError):
 
 
 class PacketError(BitstreamError):
-    """A received datagram is not a well-formed, intact packet (issue 3, wire format).
+    """A received datagram is not a well-formed, intact packet.
 
     Raised by ``Packet.parse`` for anything malformed: truncated, wrong magic or version,
     length mismatch, CRC mismatch, inconsistent header fields. The receiver drops such a
@@ -49,7 +49,7 @@ class PacketError(BitstreamError):
 
 
 class FecError(BitstreamError):
-    """Received FEC shards of one stage contradict each other (issue 3, FEC).
+    """Received FEC shards of one stage contradict each other.
 
     Unequal shard lengths, a shard index outside the stage, or a length prefix that does
     not fit its shard: a buggy or hostile sender, never an ordinary loss (losses make
@@ -60,6 +60,10 @@ class FecError(BitstreamError):
 class TransportError(ResilientTxError):
     """A packet transport failed: unreachable peer, failed handshake, refused message.
 
-    Raised by ``resilient_tx.transport`` (issue 4). Losses are never errors: datagram
+    Raised by ``resilient_tx.transport``. Losses are never errors: datagram
     transports drop silently and the layers above treat a missing packet as an erasure.
     """
+
+
+class BackendBuildError(ResilientTxError):
+    """torchac's C++ backend could not be built here (no compiler, a failed build)."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import time
 import zlib
 
 import numpy as np
@@ -425,27 +423,3 @@ def test_code_lengths_exact_values() -> None:
     cdf = torch.tensor([[0, TOTAL // 2, 3 * TOTAL // 4, TOTAL]] * 3)
     bits = E.code_lengths(cdf, torch.tensor([0, 1, 2]))
     np.testing.assert_allclose(bits, [1.0, 2.0, 2.0])
-
-
-def test_build_output_is_held_back(capfd) -> None:
-    with E._build_output_captured():
-        os.write(1, b"ninja: no work to do.\n")
-        os.write(2, b"[1/2] c++ torchac_backend.cpp\n")
-        print("python-level chatter")
-    out, err = capfd.readouterr()
-    assert out == "" and err == ""
-
-
-def test_build_output_is_shown_when_the_import_fails(capfd) -> None:
-    with pytest.raises(ImportError), E._build_output_captured():
-        os.write(2, b"error: torchac_backend.cpp: no such compiler\n")
-        raise ImportError("build failed")
-    out, err = capfd.readouterr()
-    assert "no such compiler" in err and out == ""
-
-
-def test_slow_build_gets_a_notice(capfd, monkeypatch) -> None:
-    monkeypatch.setattr(E, "BUILD_NOTICE_AFTER_S", 0.01)
-    with E._build_output_captured():
-        time.sleep(0.2)
-    assert "building torchac" in capfd.readouterr().err

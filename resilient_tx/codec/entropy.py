@@ -17,21 +17,14 @@ desynchronises, decoding reports :class:`ChecksumError` instead of producing a w
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import sys
-import tempfile
-import threading
 import zlib
-from collections.abc import Iterator
 from decimal import Decimal, getcontext
 from functools import lru_cache
-from types import ModuleType
 
 import numpy as np
 import torch
 
+from resilient_tx.codec import backend
 from resilient_tx.errors import BitstreamError, ChecksumError
 
 PRECISION = 16  # torchac's fixed CDF precision: the total mass is 2**16
@@ -39,52 +32,6 @@ TOTAL = 1 << PRECISION
 LOGIT_GRID = 16  # logits are rounded to multiples of 1/16 nat
 LOGIT_RANGE = 24  # logits more than 24 nats below the max get the floor frequency anyway
 _EXP_SCALE = 1 << 30
-
-
-#: Shown on stderr if importing torchac takes longer than this (its one-off C++ build).
-BUILD_NOTICE_AFTER_S = 2.0
-
-
-@contextlib.contextmanager
-def _build_output_captured() -> Iterator[None]:
-    """Hold back what torchac's JIT build prints (ninja, the compiler) on fds 1 and 2.
-
-    On stdout it would corrupt machine-readable output such as ``--json`` lines, and on
-    stderr every command would start with "ninja: no work to do.". The output is shown
-    only if the import fails; a slow import (the ~25 s first build) gets a one-line notice.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    notice = threading.Timer(BUILD_NOTICE_AFTER_S, os.write, (saved[1], (
-        b"resilient-tx: building torchac's C++ backend (first use only, about 25 s)...\n"),))
-    chatter = io.StringIO()  # Python-level prints, in case sys.stdout is not fd 1
-    with tempfile.TemporaryFile() as log:
-        try:
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-            notice.start()
-            with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
-                yield
-        except BaseException:
-            log.seek(0)
-            os.write(saved[1], log.read() + chatter.getvalue().encode())
-            raise
-        finally:
-            notice.cancel()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            for fd, old in zip((1, 2), saved, strict=True):
-                os.dup2(old, fd)
-                os.close(old)
-
-
-@lru_cache(maxsize=1)
-def _torchac() -> ModuleType:
-    """Import torchac on first use (it compiles its C++ backend, ~25 s the first time)."""
-    with _build_output_captured():
-        import torchac
-    return torchac
 
 
 @lru_cache(maxsize=1)
@@ -156,7 +103,7 @@ def encode(cdf: torch.Tensor, symbols: torch.Tensor) -> bytes:
     cdf = cdf.reshape(symbols.numel(), -1)
     if int(symbols.min()) < 0 or int(symbols.max()) >= cdf.shape[-1] - 1:
         raise ValueError("symbol outside the CDF's alphabet")
-    return _torchac().encode_int16_normalized_cdf(_to_torchac(cdf), symbols.to(torch.int16))
+    return backend.torchac().encode_int16_normalized_cdf(_to_torchac(cdf), symbols.to(torch.int16))
 
 
 def decode(cdf: torch.Tensor, data: bytes) -> torch.Tensor:
@@ -166,7 +113,7 @@ def decode(cdf: torch.Tensor, data: bytes) -> torch.Tensor:
         if data:
             raise BitstreamError("stage has no symbols but carries data")
         return torch.zeros(0, dtype=torch.int64)
-    sym = _torchac().decode_int16_normalized_cdf(_to_torchac(cdf.reshape(n, -1)), data)
+    sym = backend.torchac().decode_int16_normalized_cdf(_to_torchac(cdf.reshape(n, -1)), data)
     # The decoder reads past a truncated stream without complaint; the CRC will catch it.
     return sym.to(torch.int64) & 0xFFFF
 
