@@ -32,10 +32,11 @@ from PIL import Image  # noqa: E402
 from resilient_tx.app.demo import sample_path  # noqa: E402
 from resilient_tx.codec.container import EncodedImage  # noqa: E402
 from resilient_tx.codec.image_codec import Codec  # noqa: E402
+from resilient_tx.config import DEFAULT_RATE  # noqa: E402
 from resilient_tx.errors import ResilientTxError  # noqa: E402
 from resilient_tx.images import load_rgb  # noqa: E402
 from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
-from resilient_tx.zoo.registry import DEFAULT_RATE, get_model  # noqa: E402
+from resilient_tx.zoo.registry import get_model  # noqa: E402
 
 SIZES = ((256, 256), (512, 512), (768, 512), (1024, 1024), (2048, 2048))
 

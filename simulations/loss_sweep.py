@@ -41,6 +41,7 @@ from tqdm import tqdm  # noqa: E402
 
 from resilient_tx.codec.image_codec import Codec  # noqa: E402
 from resilient_tx.codec.inpaint import get_inpainter  # noqa: E402
+from resilient_tx.config import DEFAULT_RATE  # noqa: E402
 from resilient_tx.errors import ResilientTxError  # noqa: E402
 from resilient_tx.eval import jpeg_baseline, metrics  # noqa: E402
 from resilient_tx.images import list_images, load_rgb  # noqa: E402
@@ -48,7 +49,7 @@ from resilient_tx.resilience import fec, reassembly  # noqa: E402
 from resilient_tx.resilience.packetizer import PacketizedImage, Packetizer  # noqa: E402
 from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
 from resilient_tx.transport import channel  # noqa: E402
-from resilient_tx.zoo.registry import DEFAULT_RATE, available_rates, get_model  # noqa: E402
+from resilient_tx.zoo.registry import available_rates, get_model  # noqa: E402
 
 SAMPLES = ROOT / "resilient_tx" / "samples"
 FOR_LOSS = "for_loss"  # FEC profile derived from the loss rate being simulated
@@ -189,7 +190,7 @@ def oracle(codecs: dict[str, Codec], images: dict[str, np.ndarray]) -> list[tupl
     (k-means points included: they extend the curve below the lowest trained point)."""
     pts = []
     for codec in codecs.values():
-        pk = Packetizer(codec, fec.get_profile("none"))
+        pk = Packetizer(codec, fec.get_profile("none"), context_depth=0)
         rows = []
         for img in images.values():
             sent = pk.packetize(img, 0)

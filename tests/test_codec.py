@@ -9,13 +9,13 @@ import torch
 from resilient_tx.app.demo import sample_path
 from resilient_tx.codec.container import EncodedImage, StageStream
 from resilient_tx.codec.image_codec import Codec
-from resilient_tx.config import ModelConfig
+from resilient_tx.config import DEFAULT_RATE, ModelConfig
 from resilient_tx.errors import BitstreamError, ChecksumError, ModelMismatchError
 from resilient_tx.eval.metrics import psnr
 from resilient_tx.images import load_rgb
 from resilient_tx.model import PQMIM
 from resilient_tx.zoo.checkpoint import load_model, save_model
-from resilient_tx.zoo.registry import DEFAULT_RATE, get_model
+from resilient_tx.zoo.registry import get_model
 
 # Measured 2026-11-26 on kodim23 with the shipped models (low 27.65 dB, high 29.07 dB,
 # `resilient-tx demo`); the floors sit ~1 dB below so a regression in the model or the

@@ -11,9 +11,10 @@ import reedsolo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from resilient_tx.config import DEFAULT_MAX_PACKET
 from resilient_tx.errors import BitstreamError, ConfigError, FecError, InputError
 from resilient_tx.resilience import fec, uep
-from resilient_tx.resilience.packet import DEFAULT_MAX_PACKET, HEADER_SIZE
+from resilient_tx.resilience.packet import HEADER_SIZE
 
 EXAMPLES = settings(max_examples=100, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

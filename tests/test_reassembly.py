@@ -129,7 +129,8 @@ def test_context_depth_keeps_later_stages_decodable(tmp_path) -> None:
     assert bool(known[grid != 3].all()) and not bool(known[grid == 3].any())
     assert torch.equal(tokens[:, known], out.tokens[:, known])
     # the same loss with the full chain (depth 0) loses stages 3, 4 and 5
-    chain = Packetizer(codec, fec.get_profile("none"), max_packet=100).packetize(image, 9)
+    chain = Packetizer(codec, fec.get_profile("none"), max_packet=100,
+                      context_depth=0).packetize(image, 9)
     _, known0, _ = receive(codec, [p for p in chain.packets if p.stage != 3])
     assert int(known0.sum()) == int((grid <= 2).sum())
 

@@ -104,8 +104,9 @@ def _codec(args: argparse.Namespace, model_id: bytes | None = None):
     """Codec for --model PATH, else --rate NAME, else (decoding) the shipped model with the
     stream's id. Device and threads are set here, at run time, never at import."""
     from resilient_tx.codec.image_codec import Codec
+    from resilient_tx.config import DEFAULT_RATE
     from resilient_tx.runtime import resolve_device, set_threads
-    from resilient_tx.zoo.registry import DEFAULT_RATE, find_by_id, get_model
+    from resilient_tx.zoo.registry import find_by_id, get_model
 
     set_threads(args.threads)
     device = resolve_device(args.device)
@@ -159,7 +160,8 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from resilient_tx.zoo.registry import DEFAULT_RATE, available_rates, get_model
+    from resilient_tx.config import DEFAULT_RATE
+    from resilient_tx.zoo.registry import available_rates, get_model
 
     print(f"{'rate':<10}{'f':>4}{'M':>4}{'V':>5}{'raw bpp':>9}  {'model id':<18}origin")
     for name in available_rates():

@@ -65,9 +65,10 @@ from typing import TypedDict
 import numpy as np
 from PIL import Image
 
+from resilient_tx.config import DEFAULT_MAX_PACKET
 from resilient_tx.errors import BitstreamError, FecError, InputError, PacketError, ResilientTxError
 from resilient_tx.resilience import fec
-from resilient_tx.resilience.packet import DEFAULT_MAX_PACKET, Packet, max_payload
+from resilient_tx.resilience.packet import Packet, max_payload
 from resilient_tx.transport.channel import ChannelConfig, transmit
 
 ParityFn = Callable[[int], int]

@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 import reedsolo
 
-from resilient_tx.config import read_yaml
+from resilient_tx.config import DEFAULT_MAX_PACKET, coerce, field_types, read_yaml
 from resilient_tx.errors import ConfigError, FecError, InputError
 from resilient_tx.resilience import uep
-from resilient_tx.resilience.packet import DEFAULT_MAX_PACKET, max_payload
+from resilient_tx.resilience.packet import max_payload
 
 MAX_CODEWORD = 255  # GF(256): a codeword holds at most 255 symbols, so k + parity <= 255
 PREFIX = struct.Struct("<H")
@@ -390,7 +390,9 @@ def _distortion(body: Any, where: Path) -> uep.DistortionModel:
         raise ConfigError(f"{where}: 'for_loss' must be a mapping with keys among "
                           f"{', '.join(sorted(known))}")
     try:
-        return uep.DistortionModel(**{k: _number(v) for k, v in body.items()})
+        hints = field_types(uep.DistortionModel)
+        return uep.DistortionModel(**{k: coerce(hints[k], v, f"for_loss.{k}")
+                                      for k, v in body.items()})
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
@@ -400,19 +402,10 @@ def _profile(name: str, body: Any, where: Path) -> FecProfile:
     if not isinstance(body, dict) or set(body) - known:
         raise ConfigError(f"{where}: profile {name!r} must be a mapping with keys "
                           f"among {', '.join(sorted(known))}")
-    kwargs: dict[str, Any] = {key: tuple(_number(v) for v in value) if isinstance(value, list)
-                              else _number(value) for key, value in body.items()}
+    hints = field_types(FecProfile)
     try:
+        kwargs = {key: coerce(hints[key], value, f"profile {name!r}.{key}")
+                  for key, value in body.items()}
         return FecProfile(name=name, **kwargs)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
-
-
-def _number(value: Any) -> Any:
-    # PyYAML reads 1e-4 (no dot) as a string; accept numeric strings as config.py does.
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value

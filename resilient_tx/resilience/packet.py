@@ -41,6 +41,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from resilient_tx.config import DEFAULT_MAX_PACKET
 from resilient_tx.errors import InputError, PacketError
 
 MAGIC = b"RTXP"
@@ -49,9 +50,6 @@ MODEL_ID_SIZE = 8
 _FIELDS = struct.Struct("<4sBBI8sHHBBHHHH")
 _CRC = struct.Struct("<I")
 HEADER_SIZE = _FIELDS.size + _CRC.size
-# 1200 bytes fits one WebRTC data-channel message without SCTP fragmentation and one
-# UDP datagram on any path (IPv6 guarantees a 1280-byte MTU, minus IP/UDP/DTLS headers).
-DEFAULT_MAX_PACKET = 1200
 MAX_U8 = 0xFF
 MAX_U16 = 0xFFFF
 MAX_U32 = 0xFFFFFFFF

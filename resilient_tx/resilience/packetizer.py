@@ -19,9 +19,10 @@ import torch
 from resilient_tx.codec import entropy, layout
 from resilient_tx.codec.image_codec import Codec
 from resilient_tx.codec.stage_coder import CHUNK_HEADER, DEPTH_MASK, StageCoder, check_depth
+from resilient_tx.config import DEFAULT_MAX_PACKET, SenderConfig
 from resilient_tx.errors import InputError
 from resilient_tx.resilience import fec, uep
-from resilient_tx.resilience.packet import DEFAULT_MAX_PACKET, HEADER_SIZE, MAX_U16, Packet
+from resilient_tx.resilience.packet import HEADER_SIZE, MAX_U16, Packet
 
 PACKET_DIVISORS = (1, 2, 3, 4)  # packet sizes a loss-rate profile tries: max_packet / d
 MIN_PLANNED_CHUNK = 64  # smaller chunks would spend more on headers than they save
@@ -82,7 +83,7 @@ class Packetizer:
 
     def __init__(self, codec: Codec, profile: fec.FecProfile, rate_point: int = 0,
                  max_packet: int = DEFAULT_MAX_PACKET, min_chunks: int = 1,
-                 context_depth: int = 0) -> None:
+                 context_depth: int = SenderConfig.context_depth) -> None:
         if min_chunks < 1:
             raise InputError(f"min_chunks must be >= 1, got {min_chunks}")
         self.context_depth = check_depth(context_depth)

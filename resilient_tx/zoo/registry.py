@@ -12,11 +12,10 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from resilient_tx.config import DEFAULT_RATE
 from resilient_tx.errors import ModelMismatchError, ModelNotFoundError
 from resilient_tx.zoo.checkpoint import LoadedModel, LoadedPrior, load_model, load_prior
 from resilient_tx.zoo.derived import REGENERATE, is_derived_file, load_derived, read_header
-
-DEFAULT_RATE = "low"
 
 
 def _models_dir() -> Path:
