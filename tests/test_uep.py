@@ -22,7 +22,7 @@ def quincunx(ks: tuple[int, ...], sizes: tuple[int, ...] | None = None,
 
 def simulated_lost(stages: list[uep.StageShape], parity: tuple[int, ...], p: float,
                    rng: np.random.Generator, runs: int) -> float:
-    """The receiver's rule (reassembly.decode_tokens), by brute force over erasure draws."""
+    """The receiver's rule (reassembly.decode), by brute force over erasure draws."""
     total = 0.0
     for _ in range(runs):
         complete, lost = [], 0.0

@@ -21,7 +21,7 @@ from resilient_tx.codec.image_codec import Codec
 from resilient_tx.resilience import fec
 from resilient_tx.resilience.packet import Packet
 from resilient_tx.resilience.packetizer import Packetizer, spread_stages
-from resilient_tx.resilience.reassembly import ImageAssembler, decode_tokens, report
+from resilient_tx.resilience.reassembly import ImageAssembler, decode
 from resilient_tx.zoo.registry import get_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "wire_v1"
@@ -81,8 +81,8 @@ def test_receiver_outcome_unchanged_under_fixed_loss(case, drop: int) -> None:
     asm = ImageAssembler(kept[0])
     for p in kept[1:]:
         asm.add(p)
-    got, known, dec = decode_tokens(codec, asm)
-    r = report(asm, dec)
+    exact = decode(codec, asm)
+    got, known, r = exact.tokens, exact.known, exact.report
     want = EXPECTED[rate][f"drop{drop}"]
     assert np.array_equal(known.numpy(), np.load(FIXTURE / f"{rate}_drop{drop}_known.npy"))
     assert torch.equal(got[:, known], tokens[:, known])

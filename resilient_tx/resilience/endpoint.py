@@ -20,10 +20,10 @@ from resilient_tx.codec.image_codec import Codec
 from resilient_tx.codec.inpaint import Inpainter, get_inpainter
 from resilient_tx.config import SenderConfig
 from resilient_tx.errors import InputError, ModelNotFoundError
-from resilient_tx.resilience import fec
+from resilient_tx.resilience import fec, reassembly
 from resilient_tx.resilience.collector import DueImage
 from resilient_tx.resilience.packetizer import PacketizedImage, Packetizer
-from resilient_tx.resilience.reassembly import ReceiveReport, decode_tokens, report
+from resilient_tx.resilience.reassembly import ReceiveReport
 from resilient_tx.zoo.checkpoint import LoadedModel
 from resilient_tx.zoo.registry import available_rates, find_by_id, get_model
 
@@ -121,7 +121,7 @@ class Receiver:
         t0 = time.perf_counter()
         asm = due.assembler
         codec, inpainter = self._for_model(asm.model_id)
-        tokens, known, dec = decode_tokens(codec, asm)
-        filled = inpainter.fill(tokens, known)
+        exact = reassembly.decode(codec, asm)
+        filled = inpainter.fill(exact.tokens, exact.known)
         image = codec.tokens_to_image(filled, asm.width, asm.height)
-        return Received(image, report(asm, dec), due.complete, time.perf_counter() - t0)
+        return Received(image, exact.report, due.complete, time.perf_counter() - t0)

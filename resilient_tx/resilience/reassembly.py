@@ -114,7 +114,7 @@ class _Decoding:
     complete: int = 0
 
 
-def decode_tokens(codec: Codec, asm: ImageAssembler) -> tuple[torch.Tensor, torch.Tensor,
+def _decode_tokens(codec: Codec, asm: ImageAssembler) -> tuple[torch.Tensor, torch.Tensor,
                                                                _Decoding]:
     """Exact tokens (M, h, w) and the mask of positions decoded exactly (h, w)."""
     h, w = codec.grid(asm.width, asm.height)
@@ -175,7 +175,7 @@ def _decode_stage(coder: StageCoder, s: int, st: _Stage, dec: _Decoding) -> bool
     return exact
 
 
-def report(asm: ImageAssembler, dec: _Decoding) -> ReceiveReport:
+def _report(asm: ImageAssembler, dec: _Decoding) -> ReceiveReport:
     n_tokens = int(dec.known.numel())
     decoded = int(dec.known.sum())
     return ReceiveReport(
@@ -199,8 +199,8 @@ class ExactTokens:
 
 def decode(codec: Codec, asm: ImageAssembler) -> ExactTokens:
     """Decode every exactly decodable token of an assembled image, with its report."""
-    tokens, known, dec = decode_tokens(codec, asm)
-    return ExactTokens(tokens, known, report(asm, dec))
+    tokens, known, dec = _decode_tokens(codec, asm)
+    return ExactTokens(tokens, known, _report(asm, dec))
 
 
 def assemble(datagrams: Iterable[bytes]) -> ImageAssembler | None:
