@@ -85,7 +85,7 @@ def run_demo(args: argparse.Namespace) -> list[DemoRow]:
 
 def _transmission(args: argparse.Namespace, fec: str, image: np.ndarray, device,
                   out: Path) -> None:
-    """Loopback UDP with simulated loss: the mission in one picture (issue 4, item 7)."""
+    """Loopback UDP with simulated loss: the whole system on one picture."""
     from resilient_tx.app.loopback import run_loopback
     from resilient_tx.config import SenderConfig
     from resilient_tx.resilience.endpoint import Receiver, Sender
