@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import os
+import secrets
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -14,7 +18,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
-    """Read any Pillow-readable image as (H, W, 3) uint8 RGB.
+    """Read any Pillow-readable image file as (H, W, 3) uint8 RGB.
 
     Grayscale is replicated to three channels; alpha is composited onto white, so a
     transparent PNG looks as it does in a viewer rather than showing hidden colours.
@@ -25,26 +29,37 @@ def load_rgb(path: str | Path) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"no such file: {p}")
+    return _decode(p, str(p))
+
+
+def load_rgb_bytes(data: bytes, name: str = "<stdin>") -> np.ndarray:
+    """:func:`load_rgb` for an encoded image held in memory (e.g. read from stdin)."""
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source: Path | BinaryIO, name: str) -> np.ndarray:
     try:
-        with Image.open(p) as im:
+        with Image.open(source) as im:
             im.load()
             if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-                return _gray_to_rgb8(p, im.mode, np.asarray(im))
+                return _gray_to_rgb8(name, im.mode, np.asarray(im))
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 rgba = im.convert("RGBA")
                 bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 rgb = Image.alpha_composite(bg, rgba).convert("RGB")
             else:
                 rgb = im.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{name}: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{p}: not a readable image ({exc.__class__.__name__})") from exc
+        raise InputError(f"{name}: not a readable image ({exc.__class__.__name__})") from exc
     arr = np.array(rgb, dtype=np.uint8)  # writable copy: torch.from_numpy needs one
     if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise InputError(f"{p}: empty image")
+        raise InputError(f"{name}: empty image")
     return arr
 
 
-def _gray_to_rgb8(p: Path, mode: str, a: np.ndarray) -> np.ndarray:
+def _gray_to_rgb8(p: str, mode: str, a: np.ndarray) -> np.ndarray:
     if a.size == 0:
         raise InputError(f"{p}: empty image")
     if mode.startswith("I;16"):
@@ -66,13 +81,34 @@ FAST_PNG_LEVEL = 1
 
 
 def save_rgb(arr: np.ndarray, path: str | Path, compress_level: int | None = None) -> None:
-    """Write uint8 RGB; ``compress_level`` (0-9) applies to PNG, None = Pillow's default."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """Write uint8 RGB in the format of ``path``'s suffix; ``compress_level`` (0-9)
+    applies to PNG, None = Pillow's default.
+
+    The write is atomic: the picture goes to a hidden temporary file in the same folder,
+    which is then renamed, so a program watching the folder never reads half a picture.
+    """
+    p = Path(path)
+    fmt = Image.registered_extensions().get(p.suffix.lower())
+    if fmt is None:
+        raise InputError(f"{p}: unknown image format {p.suffix!r} (use .png, .jpg, ...)")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.parent / f".{p.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        with tmp.open("xb") as f:  # not mkstemp: its 0600 mode would ignore the umask
+            write_rgb(arr, f, fmt, compress_level)
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_rgb(arr: np.ndarray, f: BinaryIO, fmt: str = "PNG",
+              compress_level: int | None = None) -> None:
+    """Write uint8 RGB to an open binary file (e.g. stdout) in Pillow format ``fmt``."""
     img = Image.fromarray(arr)
-    if compress_level is None:
-        img.save(path)
+    if compress_level is None or fmt != "PNG":
+        img.save(f, format=fmt)
     else:
-        img.save(path, compress_level=compress_level)
+        img.save(f, format=fmt, compress_level=compress_level)
 
 
 def to_tensor(arr: np.ndarray) -> torch.Tensor:

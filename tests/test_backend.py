@@ -20,8 +20,8 @@ def ext_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _fake_build(root: Path) -> None:
-    built = root / "py311_cpu" / backend.BACKEND
+def _fake_build(root: Path, level: str = "") -> None:
+    built = root / level / backend.BACKEND
     built.mkdir(parents=True)
     (built / f"{backend.BACKEND}.so").write_bytes(b"\x7fELF")
 
@@ -37,9 +37,10 @@ def test_a_given_build_folder_is_respected(ext_dir: Path) -> None:
     assert backend.extensions_dir() == ext_dir
 
 
-def test_is_built_finds_the_backend(ext_dir: Path) -> None:
+@pytest.mark.parametrize("level", ["", "py311_cpu"])
+def test_is_built_finds_the_backend(ext_dir: Path, level: str) -> None:
     assert not backend.is_built(ext_dir)
-    _fake_build(ext_dir)
+    _fake_build(ext_dir, level)
     assert backend.is_built(ext_dir)
 
 

@@ -6,11 +6,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
-from resilient_tx.errors import ResilientTxError
+from resilient_tx.errors import InputError, ResilientTxError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -119,43 +123,70 @@ def _codec(args: argparse.Namespace, model_id: bytes | None = None):
     return Codec(model, device)
 
 
+STDIO = "-"  # as an input or output path: standard input / standard output
+
+
 def _cmd_encode(args: argparse.Namespace) -> int:
     import time
 
-    from resilient_tx.images import load_rgb
+    from resilient_tx.images import load_rgb, load_rgb_bytes
 
-    image = load_rgb(args.image)
+    if args.image == STDIO:
+        image = load_rgb_bytes(sys.stdin.buffer.read())
+    else:
+        image = load_rgb(args.image)
     codec = _codec(args)
     t0 = time.perf_counter()
     blob = bytes(codec.encode(image))
     dt = time.perf_counter() - t0
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(blob)
+    _write_output(args.output, blob)
     h, w = image.shape[:2]
-    print(f"{args.image}: {w}x{h} -> {out}: {len(blob)} bytes, {len(blob) * 8 / (w * h):.4f} bpp, "
-          f"model {codec.model.name} ({codec.model.model_id_hex}), encode {dt:.2f} s")
+    # With the stream on stdout, the summary goes to stderr so the two never mix.
+    print(f"{args.image}: {w}x{h} -> {args.output}: {len(blob)} bytes, "
+          f"{len(blob) * 8 / (w * h):.4f} bpp, model {codec.model.name} "
+          f"({codec.model.model_id_hex}), encode {dt:.2f} s",
+          file=sys.stderr if args.output == STDIO else sys.stdout)
     return 0
 
 
+def _write_output(output: str, blob: bytes) -> None:
+    if output == STDIO:
+        sys.stdout.buffer.write(blob)
+        sys.stdout.buffer.flush()
+        return
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(blob)
+
+
 def _cmd_decode(args: argparse.Namespace) -> int:
+    import io
     import time
 
     from resilient_tx.codec.container import EncodedImage
-    from resilient_tx.errors import InputError
-    from resilient_tx.images import save_rgb
+    from resilient_tx.images import save_rgb, write_rgb
 
-    src = Path(args.input)
-    if not src.is_file():
-        raise InputError(f"no such file: {src}")
-    enc = EncodedImage.parse(src.read_bytes())
+    if args.input == STDIO:
+        blob = sys.stdin.buffer.read()
+    else:
+        src = Path(args.input)
+        if not src.is_file():
+            raise InputError(f"no such file: {src}")
+        blob = src.read_bytes()
+    enc = EncodedImage.parse(blob)
     codec = _codec(args, model_id=enc.model_id)
     t0 = time.perf_counter()
     image = codec.decode(enc)
     dt = time.perf_counter() - t0
-    save_rgb(image, args.output)
-    print(f"{src} -> {args.output}: {enc.width}x{enc.height}, model {codec.model.name} "
-          f"({codec.model.model_id_hex}), decode {dt:.2f} s")
+    if args.output == STDIO:
+        png = io.BytesIO()
+        write_rgb(image, png)
+        _write_output(STDIO, png.getvalue())
+    else:
+        save_rgb(image, args.output)
+    print(f"{args.input} -> {args.output}: {enc.width}x{enc.height}, model {codec.model.name} "
+          f"({codec.model.model_id_hex}), decode {dt:.2f} s",
+          file=sys.stderr if args.output == STDIO else sys.stdout)
     return 0
 
 
@@ -197,7 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="resilient-tx",
         description="Loss-resilient learned image transmission (PQ-VAE + quincunx MIM).",
+        epilog="Exit status: 0 on success, 1 when the work failed, 2 for a usage error.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log more (-v: what the transports and the receiver do; -vv: debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="log errors only")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a PQ-VAE + MIM model on a folder of images",
@@ -224,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("encode", help="compress an image to an .rtx file",
                        description="Compress an image (PNG, JPEG, ...; grayscale and RGBA are "
                        "converted to RGB) into an .rtx file: header + one bitstream per stage.")
-    e.add_argument("image", help="input image")
-    e.add_argument("-o", "--output", required=True, help="output .rtx file")
+    e.add_argument("image", help="input image ('-': read it from standard input)")
+    e.add_argument("-o", "--output", required=True,
+                   help="output .rtx file ('-': write it to standard output)")
     e.add_argument("--rate", help="shipped rate point (see `resilient-tx models`; default: low)")
     e.add_argument("--model", help="model file to use instead of a shipped rate point")
     _add_runtime_flags(e)
@@ -234,8 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("decode", help="decompress an .rtx file to PNG",
                        description="Decode an .rtx file. The model is found from the id in the "
                        "file's header among the shipped ones, or given with --model.")
-    d.add_argument("input", help="input .rtx file")
-    d.add_argument("-o", "--output", required=True, help="output image (PNG recommended)")
+    d.add_argument("input", help="input .rtx file ('-': read it from standard input)")
+    d.add_argument("-o", "--output", required=True,
+                   help="output image, format from its suffix (PNG recommended; '-': PNG to "
+                   "standard output)")
     d.add_argument("--model", help="model file (must be the one the stream was made with)")
     _add_runtime_flags(d)
     d.set_defaults(func=_cmd_decode)
@@ -270,19 +309,73 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+#: Exit statuses: a runtime failure (a corrupted stream, a busy port, a failed build) is
+#: 1; a usage error (a bad flag value, a missing input file, an invalid config) is 2, as
+#: argparse itself uses for its own errors; 130 and 143 follow the shell's 128 + signal.
+EXIT_RUNTIME, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
+
+
+class _Terminated(BaseException):
+    """SIGTERM, turned into an exception so that it unwinds like Ctrl-C does."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("resilient-tx")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (
+        logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("resilient-tx: %(levelname)s: %(name)s: %(message)s"))
+    root = logging.getLogger("resilient_tx")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
+    except InputError as exc:
+        print(f"resilient-tx: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ResilientTxError as exc:
         print(f"resilient-tx: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # unwritable output, full disk, ...
-        print(f"resilient-tx: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
-        return 2
+        return EXIT_RUNTIME
+    except OSError as exc:  # unwritable output, full disk, a busy port, ...
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"resilient-tx: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_RUNTIME
     except KeyboardInterrupt:
         print("resilient-tx: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_SIGINT
+    except _Terminated:
+        print("resilient-tx: terminated", file=sys.stderr)
+        return EXIT_SIGTERM
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    # SIGTERM (e.g. from a service manager) stops the command the way Ctrl-C does. Signal
+    # handlers can only be set from the main thread; tests call main() from others too.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    try:
+        return _run(args)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

@@ -14,17 +14,18 @@ import json
 import sys
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resilient_tx.app.options import add_option, config_from_args
-from resilient_tx.app.session import ReceivedImage, receive_images
 from resilient_tx.config import ReceiverConfig
-from resilient_tx.errors import ResilientTxError
-from resilient_tx.images import FAST_PNG_LEVEL, save_rgb
-from resilient_tx.resilience.collector import DueImage
-from resilient_tx.resilience.endpoint import Receiver
-from resilient_tx.runtime import resolve_device, set_threads
-from resilient_tx.transport import open_receiver
+
+# The command's machinery (torch, the models, the transports) is imported when the command
+# runs, so that `resilient-tx --help` and usage errors stay instant.
+if TYPE_CHECKING:
+    from resilient_tx.app.session import ReceivedImage
+    from resilient_tx.errors import ResilientTxError
+    from resilient_tx.resilience.collector import DueImage
+    from resilient_tx.resilience.endpoint import Receiver
 
 
 def report_fields(got: ReceivedImage, path: Path, latency: float) -> dict[str, Any]:
@@ -64,6 +65,8 @@ def _skipped(due: DueImage, exc: ResilientTxError) -> None:
 
 
 async def _write(got: ReceivedImage, cfg: ReceiverConfig) -> None:
+    from resilient_tx.images import FAST_PNG_LEVEL, save_rgb
+
     path = Path(cfg.out_dir) / f"{got.image_id:08x}.png"
     await asyncio.get_running_loop().run_in_executor(None, save_rgb, got.image, path,
                                                      FAST_PNG_LEVEL)
@@ -72,6 +75,9 @@ async def _write(got: ReceivedImage, cfg: ReceiverConfig) -> None:
 
 async def serve(cfg: ReceiverConfig, receiver: Receiver) -> None:
     """Receive until ``cfg.count`` images are written (forever for 0)."""
+    from resilient_tx.app.session import receive_images
+    from resilient_tx.transport import open_receiver
+
     async with open_receiver(cfg.transport, cfg.listen) as rx:
         print(f"listening on {cfg.listen} ({cfg.transport}); writing to {cfg.out_dir}/",
               file=sys.stderr, flush=True)
@@ -86,6 +92,9 @@ async def serve(cfg: ReceiverConfig, receiver: Receiver) -> None:
 
 
 def cmd_recv(args: argparse.Namespace) -> int:
+    from resilient_tx.resilience.endpoint import Receiver
+    from resilient_tx.runtime import resolve_device, set_threads
+
     cfg = config_from_args(ReceiverConfig, args)
     set_threads(cfg.threads)
     receiver = Receiver(cfg.inpainter, resolve_device(cfg.device), cfg.ar_window)

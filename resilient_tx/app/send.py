@@ -14,24 +14,27 @@ import argparse
 import asyncio
 import dataclasses
 import random
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from resilient_tx.app.options import add_option, config_from_args
 from resilient_tx.config import DEFAULT_PORT, SenderConfig
 from resilient_tx.errors import InputError
-from resilient_tx.images import load_rgb
-from resilient_tx.resilience.endpoint import Sender
-from resilient_tx.runtime import resolve_device, set_threads
-from resilient_tx.transport import max_message_size, open_sender
-from resilient_tx.transport.channel import ChannelConfig, transmit
 
-Image = tuple[str, np.ndarray]  # (path as given, RGB pixels)
+# The command's machinery (torch, the models, the transports) is imported when the command
+# runs, so that `resilient-tx --help` and usage errors stay instant.
+if TYPE_CHECKING:
+    import numpy as np
+
+    from resilient_tx.resilience.endpoint import Sender
+    from resilient_tx.transport.channel import ChannelConfig
+
+    Image = tuple[str, np.ndarray]  # (path as given, RGB pixels)
 
 
 def channel_of(cfg: SenderConfig) -> ChannelConfig | None:
     """The simulated channel ``--sim-loss`` asks for; None for no simulated loss."""
+    from resilient_tx.transport.channel import ChannelConfig
+
     if not cfg.sim_loss:
         return None
     burst = cfg.burst if cfg.loss_model == "gilbert" else 1.0
@@ -41,12 +44,17 @@ def channel_of(cfg: SenderConfig) -> ChannelConfig | None:
 
 def fit_to_transport(cfg: SenderConfig) -> SenderConfig:
     """``cfg`` with packets no larger than its transport carries in one message."""
+    from resilient_tx.transport import max_message_size
+
     return dataclasses.replace(cfg, max_packet=min(cfg.max_packet,
                                                    max_message_size(cfg.transport)))
 
 
 async def send_images(cfg: SenderConfig, sender: Sender, images: list[Image]) -> None:
     """Send each image under a fresh random id, printing one line per image."""
+    from resilient_tx.transport import open_sender
+    from resilient_tx.transport.channel import transmit
+
     chan = channel_of(cfg)
     rng = random.Random()
     async with open_sender(cfg.transport, cfg.to, pace_mbit=cfg.pace,
@@ -68,6 +76,10 @@ async def send_images(cfg: SenderConfig, sender: Sender, images: list[Image]) ->
 
 
 def cmd_send(args: argparse.Namespace) -> int:
+    from resilient_tx.images import load_rgb
+    from resilient_tx.resilience.endpoint import Sender
+    from resilient_tx.runtime import resolve_device, set_threads
+
     cfg = config_from_args(SenderConfig, args)
     if not cfg.to:
         raise InputError("--to HOST[:PORT] is required (or `to:` in the config's send section)")

@@ -51,9 +51,10 @@ def extensions_dir() -> Path:
 
 
 def is_built(root: Path) -> bool:
-    """Whether a built backend already lies under ``root`` (torch adds a py/cuda level)."""
-    return any(root.glob(f"*/{BACKEND}/{BACKEND}*.so")) or any(
-        root.glob(f"*/{BACKEND}/{BACKEND}*.pyd"))
+    """Whether a built backend already lies under ``root`` (torch builds it directly in
+    ``TORCH_EXTENSIONS_DIR``, or in a python/cuda-version folder of its default cache)."""
+    return any(found for pattern in ("", "*/") for ext in ("so", "pyd")
+               for found in root.glob(f"{pattern}{BACKEND}/{BACKEND}*.{ext}"))
 
 
 @contextlib.contextmanager
