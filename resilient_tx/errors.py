@@ -67,3 +67,7 @@ class TransportError(ResilientTxError):
 
 class BackendBuildError(ResilientTxError):
     """torchac's C++ backend could not be built here (no compiler, a failed build)."""
+
+
+class MissingDependencyError(ResilientTxError):
+    """A feature needs an optional dependency (an extra) that is not installed."""

@@ -22,10 +22,13 @@ for a kind of transport to carry each one whole.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import fields
+from types import ModuleType
 from typing import Any
 
 from resilient_tx.errors import InputError
+from resilient_tx.extras import require
 from resilient_tx.transport.base import (
     DEFAULT_CONFIG,
     DEFAULT_PORT,
@@ -57,9 +60,14 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY_WEBRTC:
-        from resilient_tx.transport import webrtc
-        return getattr(webrtc, name)
+        return getattr(_webrtc(), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _webrtc() -> ModuleType:
+    """The WebRTC transport module; aiortc is an optional dependency (extra ``webrtc``)."""
+    require("aiortc", "webrtc", "the WebRTC transport")
+    return importlib.import_module("resilient_tx.transport.webrtc")
 
 
 def open_sender(kind: str, target: Any, **opts: Any) -> PacketSender:
@@ -68,8 +76,8 @@ def open_sender(kind: str, target: Any, **opts: Any) -> PacketSender:
     if kind == "udp":
         return UdpSender(target, _config(UdpConfig, kind, opts))
     if kind == "webrtc":
-        from resilient_tx.transport.webrtc import WebRTCConfig, WebRTCSender
-        return WebRTCSender(target, _config(WebRTCConfig, kind, opts))
+        rtc = _webrtc()
+        return rtc.WebRTCSender(target, _config(rtc.WebRTCConfig, kind, opts))
     if kind == "memory":
         loss, peer = opts.pop("loss", None), opts.pop("peer", None)
         return MemorySender(target, _config(TransportConfig, kind, opts), loss=loss, peer=peer)
@@ -82,8 +90,8 @@ def open_receiver(kind: str, listen: Any, **opts: Any) -> PacketReceiver:
     if kind == "udp":
         return UdpReceiver(listen, _config(UdpConfig, kind, opts))
     if kind == "webrtc":
-        from resilient_tx.transport.webrtc import WebRTCConfig, WebRTCReceiver
-        return WebRTCReceiver(listen, _config(WebRTCConfig, kind, opts))
+        rtc = _webrtc()
+        return rtc.WebRTCReceiver(listen, _config(rtc.WebRTCConfig, kind, opts))
     if kind == "memory":
         return MemoryReceiver(listen, _config(TransportConfig, kind, opts))
     raise InputError(f"unknown transport {kind!r}; available: {', '.join(KINDS)}")
@@ -96,8 +104,7 @@ def max_message_size(kind: str) -> int:
     losing either part would lose the whole packet.
     """
     if kind == "webrtc":
-        from resilient_tx.transport.webrtc import SCTP_CHUNK_PAYLOAD
-        return min(DEFAULT_CONFIG.max_packet, SCTP_CHUNK_PAYLOAD)
+        return min(DEFAULT_CONFIG.max_packet, int(_webrtc().SCTP_CHUNK_PAYLOAD))
     if kind in KINDS:
         return DEFAULT_CONFIG.max_packet
     raise InputError(f"unknown transport {kind!r}; available: {', '.join(KINDS)}")
