@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import sys
+import threading
 from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,8 +80,12 @@ async def serve(cfg: ReceiverConfig, receiver: Receiver) -> None:
     from resilient_tx.transport import open_receiver
 
     async with open_receiver(cfg.transport, cfg.listen) as rx:
-        print(f"listening on {cfg.listen} ({cfg.transport}); writing to {cfg.out_dir}/",
-              file=sys.stderr, flush=True)
+        print(f"listening on {cfg.listen} ({cfg.transport}); writing to {cfg.out_dir}/; "
+              "loading the models in the background", file=sys.stderr, flush=True)
+        # The port is bound first (a busy port is reported at once); the models load while
+        # packets already queue, and an image that arrives early waits only for its model.
+        # A daemon thread, so that a receiver done with its --count images exits at once.
+        threading.Thread(target=_warm_up, args=(receiver,), daemon=True).start()
         done = 0
         images = receive_images(rx, receiver, deadline=cfg.deadline, on_skip=_skipped)
         async with aclosing(images):
@@ -91,6 +96,11 @@ async def serve(cfg: ReceiverConfig, receiver: Receiver) -> None:
                     return
 
 
+def _warm_up(receiver: Receiver) -> None:
+    receiver.warm_up()
+    print("models loaded", file=sys.stderr, flush=True)
+
+
 def cmd_recv(args: argparse.Namespace) -> int:
     from resilient_tx.resilience.endpoint import Receiver
     from resilient_tx.runtime import resolve_device, set_threads
@@ -98,7 +108,6 @@ def cmd_recv(args: argparse.Namespace) -> int:
     cfg = config_from_args(ReceiverConfig, args)
     set_threads(cfg.threads)
     receiver = Receiver(cfg.inpainter, resolve_device(cfg.device), cfg.ar_window)
-    receiver.warm_up()
     asyncio.run(serve(cfg, receiver))
     return 0
 

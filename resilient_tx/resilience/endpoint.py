@@ -10,6 +10,7 @@ one has (:meth:`Receiver.stage_count`). Both are sans-IO: a transport moves the 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -79,12 +80,16 @@ class Receiver:
         self.device = device
         self._codecs: dict[bytes, tuple[Codec, Inpainter]] = {}
         self._stage_counts: dict[bytes, int] | None = None
+        # warm_up may run in a background thread while images are decoded in another:
+        # each model is then built once, by whichever thread asks first.
+        self._lock = threading.RLock()
 
     def _for_model(self, model_id: bytes) -> tuple[Codec, Inpainter]:
-        if model_id not in self._codecs:
-            model = find_by_id(model_id)  # ModelMismatchError for an unknown sender model
-            self._codecs[model_id] = (Codec(model, self.device), self._inpainter(model))
-        return self._codecs[model_id]
+        with self._lock:
+            if model_id not in self._codecs:
+                model = find_by_id(model_id)  # ModelMismatchError for an unknown model
+                self._codecs[model_id] = (Codec(model, self.device), self._inpainter(model))
+            return self._codecs[model_id]
 
     def _inpainter(self, model: LoadedModel) -> Inpainter:
         """The chosen inpainter; for a rate with no AR prior (e.g. a k-means point), the
@@ -104,10 +109,11 @@ class Receiver:
         Called for every packet, so the shipped models are listed once; an unknown id
         costs a dictionary miss, not a search of the model folder.
         """
-        if self._stage_counts is None:
-            models = [get_model(rate) for rate in available_rates()]
-            self._stage_counts = {m.model_id: m.cfg.stages for m in models}
-        return self._stage_counts.get(model_id)
+        with self._lock:
+            if self._stage_counts is None:
+                models = [get_model(rate) for rate in available_rates()]
+                self._stage_counts = {m.model_id: m.cfg.stages for m in models}
+            return self._stage_counts.get(model_id)
 
     def warm_up(self) -> None:
         """Load every shipped model, its inpainter and the entropy coder now, so the first
