@@ -10,6 +10,7 @@ from resilient_tx.app.cli import main
 from resilient_tx.app.demo import sample_path
 from resilient_tx.app.send import channel_of, fit_to_transport
 from resilient_tx.config import SenderConfig
+from tests.helpers import free_port
 
 
 def test_send_errors_are_one_line(tmp_path: Path, capsys) -> None:
@@ -49,3 +50,15 @@ def test_simulated_channel_follows_the_options() -> None:
     assert chan is not None and (chan.loss_rate, chan.burst_length) == (0.3, 3.0)
     bern = channel_of(SenderConfig(sim_loss=0.3, burst=3))
     assert bern is not None and bern.burst_length == 1.0  # burst only shapes gilbert loss
+
+
+@pytest.mark.network
+def test_sending_where_nothing_listens_is_a_failure(tmp_path: Path, capsys) -> None:
+    from resilient_tx.images import load_rgb, save_rgb
+
+    small = tmp_path / "small.png"
+    save_rgb(load_rgb(sample_path())[:64, :96], small)
+    port = free_port()  # bound a moment ago, closed again: nothing listens there now
+    assert main(["send", str(small), "--to", f"127.0.0.1:{port}", "--fec", "none"]) == 1
+    err = capsys.readouterr().err
+    assert "refused" in err and "nothing was delivered" in err

@@ -14,11 +14,14 @@ import argparse
 import asyncio
 import dataclasses
 import random
+import sys
 from typing import TYPE_CHECKING, Any
 
 from resilient_tx.app.options import add_option, config_from_args
 from resilient_tx.config import DEFAULT_PORT, SenderConfig
-from resilient_tx.errors import InputError
+from resilient_tx.errors import InputError, TransportError
+
+REFUSAL_GRACE_S = 0.05  # how long to wait for the network to report refused datagrams
 
 # The command's machinery (torch, the models, the transports) is imported when the command
 # runs, so that `resilient-tx --help` and usage errors stay instant.
@@ -57,9 +60,11 @@ async def send_images(cfg: SenderConfig, sender: Sender, images: list[Image]) ->
 
     chan = channel_of(cfg)
     rng = random.Random()
+    refused_images = 0
     async with open_sender(cfg.transport, cfg.to, pace_mbit=cfg.pace,
                            max_packet=cfg.max_packet) as tx:
         for i, (path, image) in enumerate(images):
+            before = _refusals(tx)
             image_id = rng.getrandbits(32)
             sent = sender.packets(image, image_id)
             raw = [bytes(p) for p in sent.packets]
@@ -73,6 +78,22 @@ async def send_images(cfg: SenderConfig, sender: Sender, images: list[Image]) ->
                   f"{sent.total_bytes} bytes ({8 * sent.total_bytes / (w * h):.4f} bpp on the "
                   f"wire), {dropped} dropped by --sim-loss, "
                   f"{st.seconds * 1000 if st else 0:.0f} ms to send", flush=True)
+            # The network reports a refusal (nobody listening) a moment after the datagram.
+            await asyncio.sleep(REFUSAL_GRACE_S)
+            refused = _refusals(tx) - before
+            if refused:
+                refused_images += 1
+                print(f"{path}: {refused} packet(s) refused by {cfg.to}: is a receiver "
+                      "listening there?", file=sys.stderr, flush=True)
+    if images and refused_images == len(images):
+        raise TransportError(f"nothing was delivered: {cfg.to} refused packets of every "
+                             "image (no receiver listening?)")
+
+
+def _refusals(tx: object) -> int:
+    """Datagrams the network refused so far (UDP counts ICMP port unreachable; WebRTC
+    has a session instead and reports failures as errors)."""
+    return int(getattr(tx, "errors", 0))
 
 
 def cmd_send(args: argparse.Namespace) -> int:
