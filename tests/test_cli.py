@@ -176,9 +176,10 @@ def test_demo_runs_on_bundled_sample(tmp_path, capsys) -> None:
     assert np.isfinite(psnr(load_rgb(tmp_path / "original.png"), recon))
     # the loopback transmission half: 30 % simulated loss, side-by-side image and report
     side = load_rgb(tmp_path / "transmitted_side_by_side.png")
-    assert side.shape[1] == 2 * recon.shape[1]
+    assert side.shape[1] == 4 * recon.shape[1]  # original | planned FEC | no FEC | map
     report = json.loads((tmp_path / "transmission_report.json").read_text())
     assert report["packets_dropped"] > 0 and report["psnr"] > 20.0
+    assert report["unprotected"]["tokens_inpainted"] > 0  # this one shows the inpainter
 
 
 def _cli(*args: str, stdin: bytes | None = None, timeout: float = 300) -> (

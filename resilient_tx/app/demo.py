@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from resilient_tx.eval.metrics import ms_ssim, psnr
 from resilient_tx.images import load_rgb, save_rgb
 from resilient_tx.runtime import resolve_device, set_threads
 from resilient_tx.zoo.registry import available_rates, get_model
+
+if TYPE_CHECKING:
+    from resilient_tx.app.loopback import LoopbackResult
 
 SAMPLE = "kodim23.png"
 
@@ -85,27 +89,59 @@ def run_demo(args: argparse.Namespace) -> list[DemoRow]:
 
 def _transmission(args: argparse.Namespace, fec: str, image: np.ndarray, device,
                   out: Path) -> None:
-    """Loopback UDP with simulated loss: the whole system on one picture."""
+    """Loopback UDP with simulated loss: the whole system on one picture, twice -- with
+    the parity planned for the loss, and with no parity, so that tokens are really lost
+    and inpainted (shown on a map)."""
     from resilient_tx.app.loopback import run_loopback
     from resilient_tx.config import SenderConfig
     from resilient_tx.resilience.endpoint import Receiver, Sender
 
-    sender = Sender(SenderConfig(fec=fec), device)
     receiver = Receiver("mim", device)
     receiver.warm_up()
-    res = run_loopback(image, sender, receiver, args.loss, seed=args.seed)
-    r = res.received.report
-    side = np.concatenate([image, res.received.image], axis=1)
-    save_rgb(side, out / "transmitted_side_by_side.png")
-    report = {**dataclasses.asdict(r), "loss": args.loss, "fec": fec,
-              "packets_dropped": res.channel.lost, "latency_s": round(res.latency_s, 3),
-              "psnr": round(psnr(image, res.received.image), 2),
-              "ms_ssim": round(ms_ssim(image, res.received.image), 4)}
+    runs = {name: run_loopback(image, Sender(SenderConfig(fec=f), device), receiver,
+                               args.loss, seed=args.seed)
+            for name, f in (("planned", fec), ("unprotected", "none"))}
+    reports = {name: _report(image, res, args.loss) for name, res in runs.items()}
+    report = {**reports["planned"], "fec": fec, "unprotected": reports["unprotected"]}
     (out / "transmission_report.json").write_text(json.dumps(report, indent=1))
-    print(f"\nloopback UDP, {args.loss:.0%} simulated loss, FEC {fec}: "
-          f"{res.packets_sent} packets ({res.bytes_sent} bytes) sent, {res.channel.lost} "
-          f"dropped, {r.packets_recovered} recovered by FEC, {r.tokens_inpainted}/{r.tokens} "
-          f"tokens inpainted -> PSNR {report['psnr']:.2f} dB, MS-SSIM {report['ms_ssim']:.4f},"
-          f" {res.latency_s:.2f} s from encode to image")
-    print(f"original | received written to {out}/transmitted_side_by_side.png, report "
-          f"{out}/transmission_report.json")
+    save_rgb(_figure(image, runs, reports, fec, args.loss), out / "transmitted_side_by_side.png")
+    for name, f in (("planned", fec), ("unprotected", "none")):
+        r, res = reports[name], runs[name]
+        print(f"\nloopback UDP, {args.loss:.0%} simulated loss, FEC {f}: "
+              f"{res.packets_sent} packets ({res.bytes_sent} bytes) sent, {r['packets_dropped']} "
+              f"dropped, {r['packets_recovered']} recovered by FEC, {r['tokens_inpainted']}/"
+              f"{r['tokens']} tokens inpainted -> PSNR {r['psnr']:.2f} dB, MS-SSIM "
+              f"{r['ms_ssim']:.4f}, {res.latency_s:.2f} s from encode to image")
+    print(f"original | received (FEC {fec}) | received (no FEC) | inpainted tokens written to "
+          f"{out}/transmitted_side_by_side.png, report {out}/transmission_report.json")
+
+
+def _report(image: np.ndarray, res: LoopbackResult, loss: float) -> dict[str, Any]:
+    got = res.received
+    return {**dataclasses.asdict(got.report), "loss": loss, "packets_dropped": res.channel.lost,
+            "bytes_sent": res.bytes_sent, "latency_s": round(res.latency_s, 3),
+            "psnr": round(psnr(image, got.image), 2),
+            "ms_ssim": round(ms_ssim(image, got.image), 4)}
+
+
+def _figure(image: np.ndarray, runs: dict[str, LoopbackResult],
+            reports: dict[str, dict[str, Any]], fec: str, loss: float) -> np.ndarray:
+    from resilient_tx.app.figure import Panel, inpaint_map, side_by_side
+
+    def caption(name: str) -> str:
+        r = reports[name]
+        return (f"{r['bytes_sent']} bytes, {r['packets_dropped']} lost, "
+                f"{r['tokens_inpainted']}/{r['tokens']} tokens inpainted, {r['psnr']:.2f} dB")
+
+    bare = runs["unprotected"].received
+    h, w = image.shape[:2]
+    f = -(-h // bare.known.shape[0]) if bare.known is not None else 16
+    known = bare.known.numpy() if bare.known is not None else np.ones((1, 1), dtype=bool)
+    return side_by_side([
+        Panel(image, "original", f"{w}x{h}"),
+        Panel(runs["planned"].received.image, f"received, {loss:.0%} loss, FEC {fec}",
+              caption("planned")),
+        Panel(bare.image, f"received, {loss:.0%} loss, no FEC", caption("unprotected")),
+        Panel(inpaint_map(bare.image, known, f), "inpainted tokens (magenta), no FEC",
+              "each token is a 16x16 block" if f == 16 else f"each token is {f}x{f} px"),
+    ])

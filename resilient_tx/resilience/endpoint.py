@@ -68,6 +68,7 @@ class Received:
     report: ReceiveReport
     complete: bool  # every packet needed arrived before the deadline
     decode_s: float
+    known: torch.Tensor | None = None  # (h, w) True where the token was decoded exactly
 
 
 class Receiver:
@@ -130,4 +131,5 @@ class Receiver:
         exact = reassembly.decode(codec, asm)
         filled = inpainter.fill(exact.tokens, exact.known)
         image = codec.tokens_to_image(filled, asm.width, asm.height)
-        return Received(image, exact.report, due.complete, time.perf_counter() - t0)
+        return Received(image, exact.report, due.complete, time.perf_counter() - t0,
+                        exact.known)
