@@ -123,3 +123,18 @@ def test_rule_profiles_keep_the_configured_packet_size(tmp_path, tiny_config) ->
     pk = Packetizer(make_codec(tmp_path, tiny_config), fec.get_profile("strong"),
                     max_packet=1200)
     assert pk._capacities() == [pk.capacity]
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (16, 16), (1, 300), (40, 17)])
+@pytest.mark.parametrize("profile", ["light", "for_loss"])
+def test_tiny_images_with_empty_stages_round_trip(tmp_path, tiny_config, hw, profile) -> None:
+    from resilient_tx.resilience import reassembly
+
+    codec = make_codec(tmp_path, tiny_config)
+    image = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    prof = fec.for_loss(0.3) if profile == "for_loss" else fec.get_profile(profile)
+    out = Packetizer(codec, prof, context_depth=2).packetize(image, 3)
+    asm = reassembly.assemble(bytes(p) for p in out.packets)
+    assert asm is not None
+    got = reassembly.decode(codec, asm)
+    assert bool(got.known.all()) and torch.equal(got.tokens, out.tokens)

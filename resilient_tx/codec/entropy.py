@@ -135,6 +135,8 @@ def check_crc(symbols: torch.Tensor, expected: int, what: str) -> None:
 
 def code_lengths(cdf: torch.Tensor, symbols: torch.Tensor) -> np.ndarray:
     """Ideal code length in bits of each symbol under its CDF (for measurement and balancing)."""
+    if symbols.numel() == 0:  # an empty quincunx stage of a tiny image
+        return np.zeros(0)
     cdf = cdf.reshape(symbols.numel(), -1)
     s = symbols.reshape(-1, 1).cpu()
     freq = (cdf.gather(-1, s + 1) - cdf.gather(-1, s)).reshape(-1).double()
