@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from resilient_tx.app.demo import sample_path
 from resilient_tx.codec import layout
