@@ -47,6 +47,8 @@ DEFAULT_PORT = 5004
 # guarantees a 1280-byte MTU, minus IP/UDP/DTLS headers), so no packet is ever fragmented.
 DEFAULT_MAX_PACKET = 1200
 DEFAULT_RATE = "low"  # the shipped rate point used when none is named
+# Largest image read or decoded by default (a 16-megapixel photo); --max-pixels raises it.
+DEFAULT_MAX_PIXELS = 1 << 24
 
 Transport = Literal["udp", "webrtc"]
 LossModel = Literal["bernoulli", "gilbert"]
@@ -306,6 +308,7 @@ class SenderConfig(_Checked):
     max_packet: int = DEFAULT_MAX_PACKET
     device: str = "auto"
     threads: int = 0  # 0 = torch's default
+    key_file: str | None = None  # shared secret: sign every packet (the receiver's too)
 
     def _validate(self) -> None:
         _require("context_depth", self.context_depth >= 0,
@@ -329,11 +332,36 @@ class ReceiverConfig(_Checked):
     ar_window: int | None = None  # with inpainter ar: tokens per side; None = the prior's
     json: bool = False  # one JSON object per image instead of a report line
     threads: int = 0  # 0 = torch's default
+    # Shared secret: accept only packets signed with it (the sender's --key-file too).
+    key_file: str | None = None
+    overwrite: bool = False  # replace an existing OUT_DIR/<id>.png instead of renaming
+    # Seconds a signed packet's timestamp may differ from this clock: stops replays of old
+    # captures, and needs the two clocks within this of each other.
+    replay_window: float = 60.0
+    # Bounds on work and memory, so a flood costs what its bytes cost and no more: pixels
+    # per image (16 MP), images collected at once (in all and per sender), bytes buffered
+    # (per image and in all), images waiting to be decoded (in all and per sender), and
+    # how long an image may wait for its decoding before it is dropped as stale.
+    max_pixels: int = 1 << 24
+    max_open: int = 64
+    max_open_per_sender: int = 8
+    max_image_bytes: int = 4 << 20
+    max_buffered_bytes: int = 64 << 20
+    max_queued: int = 32
+    max_queued_per_sender: int = 4
+    max_queue_age: float = 10.0
 
     def _validate(self) -> None:
         _require("count", self.count >= 0, f"must be >= 0 (0 = run forever), got {self.count}")
         _require("deadline", self.deadline > 0, f"must be > 0 seconds, got {self.deadline:g}")
         _require("threads", self.threads >= 0, f"must be >= 0, got {self.threads}")
+        for name in ("max_pixels", "max_open", "max_open_per_sender", "max_image_bytes",
+                     "max_buffered_bytes", "max_queued", "max_queued_per_sender"):
+            value = getattr(self, name)
+            _require(name, value >= 1, f"must be >= 1, got {value}")
+        for name in ("replay_window", "max_queue_age"):
+            value = getattr(self, name)
+            _require(name, value > 0, f"must be > 0 seconds, got {value:g}")
 
 
 # Which sections a config file of each kind may hold.

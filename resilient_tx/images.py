@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import secrets
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -12,47 +14,78 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from resilient_tx.config import DEFAULT_MAX_PIXELS
 from resilient_tx.errors import InputError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".avif"}
+log = logging.getLogger(__name__)
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
+def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read any Pillow-readable image file as (H, W, 3) uint8 RGB.
 
-    Grayscale is replicated to three channels; alpha is composited onto white, so a
-    transparent PNG looks as it does in a viewer rather than showing hidden colours.
-    16-bit grayscale is scaled to 8 bits (Pillow's own conversion clips it at 255, which
-    turns most of a 16-bit picture white). 32-bit integer and float images are taken
-    only if every value is already an 8-bit level; their range is otherwise unknown.
+    Grayscale and palette images are expanded to three channels; alpha is composited onto
+    white (with a warning), so a transparent PNG looks as it does in a viewer rather than
+    showing hidden colours. 16-bit grayscale is scaled to 8 bits (Pillow's own conversion
+    clips it at 255, which turns most of a 16-bit picture white). 32-bit integer and float
+    images are taken only if every value is already an 8-bit level; their range is
+    otherwise unknown. Of an animated file, the first frame is used (with a warning). An
+    image over ``max_pixels`` is refused before its pixels are decoded.
     """
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p} is a folder, not an image file")
     if not p.is_file():
         raise InputError(f"no such file: {p}")
-    return _decode(p, str(p))
+    return _decode(p, str(p), max_pixels)
 
 
-def load_rgb_bytes(data: bytes, name: str = "<stdin>") -> np.ndarray:
+def load_rgb_bytes(data: bytes, name: str = "<stdin>",
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """:func:`load_rgb` for an encoded image held in memory (e.g. read from stdin)."""
-    return _decode(io.BytesIO(data), name)
+    return _decode(io.BytesIO(data), name, max_pixels)
 
 
-def _decode(source: Path | BinaryIO, name: str) -> np.ndarray:
+def check_pixels(width: int, height: int, max_pixels: int, name: str) -> None:
+    """:class:`InputError` if a ``width`` x ``height`` image is over the pixel cap."""
+    if width * height > max_pixels:
+        raise InputError(f"{name}: {width}x{height} is {width * height / 1e6:.1f} megapixels, "
+                         f"over the cap of {max_pixels / 1e6:.1f}; --max-pixels N raises it")
+
+
+def _decode(source: Path | BinaryIO, name: str, max_pixels: int) -> np.ndarray:
+    # Pillow's own bomb guard (a warning above MAX_IMAGE_PIXELS, an error above twice that)
+    # is aligned with our cap for this call; the cap itself is checked from the header,
+    # before any pixel is decoded, and gives the one-line error.
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max(max_pixels, 1)
     try:
-        with Image.open(source) as im:
-            im.load()
-            if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-                return _gray_to_rgb8(name, im.mode, np.asarray(im))
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                rgb = Image.alpha_composite(bg, rgba).convert("RGB")
-            else:
-                rgb = im.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as im:
+                check_pixels(im.width, im.height, max_pixels, name)
+                if getattr(im, "n_frames", 1) > 1:
+                    log.warning("%s: animated image, using its first frame", name)
+                im.load()
+                return _to_rgb8(im, name)
     except Image.DecompressionBombError as exc:
-        raise InputError(f"{name}: {exc}") from exc
+        raise InputError(f"{name}: {exc}; --max-pixels N raises the cap") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{name}: not a readable image ({exc.__class__.__name__})") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _to_rgb8(im: Image.Image, name: str) -> np.ndarray:
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        return _gray_to_rgb8(name, im.mode, np.asarray(im))
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        log.warning("%s: transparency dropped (composited onto white)", name)
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        rgb = Image.alpha_composite(bg, rgba).convert("RGB")
+    else:
+        rgb = im.convert("RGB")
     arr = np.array(rgb, dtype=np.uint8)  # writable copy: torch.from_numpy needs one
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise InputError(f"{name}: empty image")

@@ -132,9 +132,9 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     from resilient_tx.images import load_rgb, load_rgb_bytes
 
     if args.image == STDIO:
-        image = load_rgb_bytes(sys.stdin.buffer.read())
+        image = load_rgb_bytes(sys.stdin.buffer.read(), max_pixels=args.max_pixels)
     else:
-        image = load_rgb(args.image)
+        image = load_rgb(args.image, max_pixels=args.max_pixels)
     codec = _codec(args)
     t0 = time.perf_counter()
     blob = bytes(codec.encode(image))
@@ -164,7 +164,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     import time
 
     from resilient_tx.codec.container import EncodedImage
-    from resilient_tx.images import save_rgb, write_rgb
+    from resilient_tx.images import check_pixels, save_rgb, write_rgb
 
     if args.input == STDIO:
         blob = sys.stdin.buffer.read()
@@ -174,6 +174,8 @@ def _cmd_decode(args: argparse.Namespace) -> int:
             raise InputError(f"no such file: {src}")
         blob = src.read_bytes()
     enc = EncodedImage.parse(blob)
+    # A header may announce any size up to 65535 x 65535: refuse before any work.
+    check_pixels(enc.width, enc.height, args.max_pixels, args.input)
     codec = _codec(args, model_id=enc.model_id)
     t0 = time.perf_counter()
     image = codec.decode(enc)
@@ -215,6 +217,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(args)
     return 0
+
+
+def _add_pixel_cap(p: argparse.ArgumentParser) -> None:
+    from resilient_tx.config import DEFAULT_MAX_PIXELS
+
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="refuse images of more than N pixels (default: %(default)s, 16 MP)")
 
 
 def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
@@ -265,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output .rtx file ('-': write it to standard output)")
     e.add_argument("--rate", help="shipped rate point (see `resilient-tx models`; default: low)")
     e.add_argument("--model", help="model file to use instead of a shipped rate point")
+    _add_pixel_cap(e)
     _add_runtime_flags(e)
     e.set_defaults(func=_cmd_encode)
 
@@ -276,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output image, format from its suffix (PNG recommended; '-': PNG to "
                    "standard output)")
     d.add_argument("--model", help="model file (must be the one the stream was made with)")
+    _add_pixel_cap(d)
     _add_runtime_flags(d)
     d.set_defaults(func=_cmd_decode)
 
