@@ -71,3 +71,18 @@ class BackendBuildError(ResilientTxError):
 
 class MissingDependencyError(ResilientTxError):
     """A feature needs an optional dependency (an extra) that is not installed."""
+
+
+class AuthenticationError(PacketError):
+    """A datagram failed packet authentication (``--key-file``), or carried a tag the
+    receiver did not expect.
+
+    ``reason`` names the check for the drop counters: ``unauthenticated`` (no tag where
+    one is required), ``bad_tag`` (forged, truncated, or another key's), ``replay`` (a
+    sequence number already seen or outside the replay window), ``unexpected_tag`` (a
+    keyed packet at a receiver without a key).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

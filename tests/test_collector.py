@@ -103,3 +103,103 @@ def test_unknown_model_is_never_complete_and_released_by_its_deadline(sent) -> N
     assert col.rejected == 0  # not garbage: the receiver reports it as skipped
     (due,) = col.expired(1.5)
     assert not due.complete and due.assembler.packets_received == len(sent.packets)
+
+
+# --- admission: authentication, impossible headers, caps ------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from resilient_tx.resilience.auth import PacketKey, Signer, Verifier  # noqa: E402
+from resilient_tx.resilience.packet import Packet  # noqa: E402
+
+KEY = PacketKey.from_secret(b"secret-key-bytes-0123456789")
+
+
+def tiny_tokens(model_id: bytes, width: int, height: int) -> tuple[int, ...]:
+    """Stage sizes as a receiver would give them: a 16x16 image is one token."""
+    return (1, 0, 0, 0, 0) if width * height <= 256 else (100,) * 5
+
+
+def test_keyed_collector_takes_signed_packets_only(sent) -> None:
+    signer = Signer(KEY)
+    col = Collector(five_stages, verifier=Verifier(KEY))
+    signed = [signer.sign(p) for p in sent.packets if not p.is_parity]
+    plain = [bytes(p) for p in sent.packets]
+    assert all(col.feed(b, "evil", 0.0) is None for b in plain)
+    forged = bytearray(signed[0])
+    forged[-1] ^= 1
+    col.feed(bytes(forged), "evil", 0.0)
+    due = [col.feed(b, "a", 0.0) for b in signed]
+    assert due[-1] is not None and due[-1].complete
+    assert all(col.feed(b, "b", 0.1) is None for b in signed)  # replayed from elsewhere
+    assert col.drops.snapshot() == {"bad_tag": 1, "replay": len(signed),
+                                    "unauthenticated": len(plain)}
+    assert col.flush() == []
+    assert any("without a tag" in n for n in col.drops.notices)
+
+
+def test_unkeyed_collector_drops_signed_packets_and_says_why(sent) -> None:
+    col = Collector(five_stages)
+    col.feed(Signer(KEY).sign(sent.packets[0]), "a", 0.0)
+    assert col.drops.snapshot() == {"unexpected_tag": 1} and col.flush() == []
+    assert "--key-file" in col.drops.notices[0]
+
+
+def test_impossible_headers_are_refused_before_any_work(sent) -> None:
+    p = sent.packets[0]
+    col = Collector(five_stages, stage_tokens=tiny_tokens)
+    huge = Packet(**{**p.__dict__, "width": 16, "height": 16, "k": 65535, "n": 65535,
+                     "index": 0})
+    more_chunks_than_tokens = Packet(**{**p.__dict__, "width": 16, "height": 16, "stage": 1,
+                                        "k": 2, "n": 3, "index": 0})
+    past_last_stage = Packet(**{**p.__dict__, "stage": 6})
+    for bad in (huge, more_chunks_than_tokens, past_last_stage):
+        assert col.feed(bytes(bad), "a", 0.0) is None
+    assert col.drops.snapshot() == {"impossible_header": 3}
+    assert col.flush() == [] and col.buffered == 0
+
+
+def test_substituted_image_id_from_another_port_stays_apart(sent) -> None:
+    col = Collector(five_stages)
+    real = [bytes(p) for p in sent.packets if not p.is_parity]
+    fake = bytes(Packet(**{**sent.packets[0].__dict__, "payload": b"evil" * 10}))
+    col.feed(fake, "127.0.0.1:666", 0.0)
+    due = [col.feed(b, "127.0.0.1:5000", 0.0) for b in real][-1]
+    assert due is not None and due.complete and due.key[0] == "127.0.0.1:5000"
+    (other,) = col.flush()
+    assert other.key[0] == "127.0.0.1:666" and other.assembler.packets_received == 1
+
+
+def test_a_flooding_sender_is_evicted_before_others(sent) -> None:
+    col = Collector(five_stages, max_open=4, max_open_per_sender=8, deadline=10.0)
+    first = sent.packets[0]
+    col.feed(bytes(first), "legit", 0.0)
+    for i in range(10):
+        col.feed(bytes(Packet(**{**first.__dict__, "image_id": 100 + i})), "flood", 1.0 + i)
+    assert {d.key[0] for d in col.expired(5.0)} == {"flood"}
+    assert any(d.key[0] == "legit" for d in col.flush())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(data=st.data(), keyed=st.booleans())
+def test_arbitrary_packet_sequences_stay_within_the_caps(sent, data, keyed: bool) -> None:
+    signer = Signer(KEY)
+    genuine = [signer.sign(p) if keyed else bytes(p) for p in sent.packets]
+    col = Collector(five_stages, max_open=3, max_open_per_sender=2, max_image_bytes=2000,
+                    max_buffered_bytes=4000, stage_tokens=tiny_tokens,
+                    verifier=Verifier(KEY) if keyed else None)
+    datagram = st.one_of(st.sampled_from(genuine), st.binary(max_size=200),
+                         st.sampled_from(genuine).map(lambda b: b[:-1]),
+                         st.builds(lambda b, i, v: b[:i] + bytes([v]) + b[i + 1:],
+                                   st.sampled_from(genuine), st.integers(0, 60),
+                                   st.integers(0, 255)))
+    for t, (d, sender) in enumerate(data.draw(st.lists(st.tuples(
+            datagram, st.sampled_from("abcd")), max_size=40))):
+        col.feed(d, sender, float(t) / 10)  # raises nothing, whatever arrives
+        assert len(col._open) <= 3 and col.buffered <= 4000
+        assert all(e.asm.bytes_received <= 2000 for e in col._open.values())
+        for s in "abcd":
+            assert sum(k[0] == s for k in col._open) <= 2
+        col.expired(float(t) / 10)

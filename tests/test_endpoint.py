@@ -14,7 +14,7 @@ from resilient_tx.codec.inpaint import ArInpainter, MimInpainter, NeighborInpain
 from resilient_tx.errors import InputError, ResilientTxError
 from resilient_tx.resilience.collector import Collector
 from resilient_tx.resilience.endpoint import Receiver, fec_profile
-from resilient_tx.resilience.packet import Packet
+from resilient_tx.resilience.packet import KEYED_FLAG, Packet
 from resilient_tx.zoo.registry import get_model
 
 
@@ -84,7 +84,7 @@ def _mutant(draw, p: Packet) -> Packet:
         "shape": {"k": k, "n": n, "index": draw(st.integers(0, n - 1))},  # valid together
         "width": draw(st.sampled_from([p.width, 1, 17, 200])),
         "height": draw(st.sampled_from([p.height, 1, 33])),
-        "flags": draw(st.integers(0, 255)),
+        "flags": draw(st.integers(0, 255)) & ~KEYED_FLAG,
         "rate_point": draw(st.integers(0, 255)),
         "payload": draw(st.sampled_from([p.payload, b"", p.payload[:3]]) | st.binary(max_size=90)),
         "model_id": draw(st.sampled_from([p.model_id, get_model("high").model_id,

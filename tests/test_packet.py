@@ -13,9 +13,12 @@ from resilient_tx.errors import BitstreamError, InputError, PacketError, Resilie
 from resilient_tx.resilience.packet import (
     DEFAULT_MAX_PACKET,
     HEADER_SIZE,
+    KEYED_FLAG,
     MAGIC,
+    TRAILER_SIZE,
     VERSION,
     Packet,
+    Trailer,
     check_size,
     max_payload,
 )
@@ -26,7 +29,7 @@ EXAMPLES = settings(max_examples=100, deadline=None,
 
 
 @st.composite
-def packets(draw: st.DrawFn, max_payload_size: int = 256) -> Packet:
+def packets(draw: st.DrawFn, max_payload_size: int = 256, keyed: bool = False) -> Packet:
     k = draw(st.integers(1, 300))
     n = draw(st.integers(k, 0xFFFF))
     return Packet(
@@ -40,7 +43,11 @@ def packets(draw: st.DrawFn, max_payload_size: int = 256) -> Packet:
         k=k,
         n=n,
         payload=draw(st.binary(max_size=max_payload_size)),
-        flags=draw(st.integers(0, 0xFF)),
+        flags=draw(st.integers(0, 0xFF).map(lambda f: f & ~KEYED_FLAG)),
+        trailer=draw(st.builds(Trailer, st.binary(min_size=8, max_size=8),
+                               st.integers(0, (1 << 64) - 1), st.binary(min_size=16,
+                                                                        max_size=16)))
+        if keyed else None,
     )
 
 
@@ -192,6 +199,8 @@ def test_bad_crc_and_non_bytes_are_rejected() -> None:
         {"n": 3, "k": 4},
         {"index": 6},
         {"flags": 256},
+        {"flags": KEYED_FLAG},  # the keyed bit is set by giving a trailer
+        {"trailer": b"x" * TRAILER_SIZE},
         {"k": True},
         {"payload": bytes(1 << 16)},
     ],
@@ -214,3 +223,31 @@ def test_size_limits_default_to_1200_and_are_configurable() -> None:
     for bad in (HEADER_SIZE, 0, 1.5):
         with pytest.raises(InputError):
             max_payload(bad)  # type: ignore[arg-type]
+
+
+@EXAMPLES
+@given(packets(keyed=True))
+def test_keyed_round_trip_sets_bit_3_and_appends_the_trailer(packet: Packet) -> None:
+    data = bytes(packet)
+    assert data[5] & KEYED_FLAG and data[5] & ~KEYED_FLAG == packet.flags
+    assert len(data) == HEADER_SIZE + len(packet.payload) + TRAILER_SIZE == packet.size
+    assert packet.trailer is not None and data[-TRAILER_SIZE:] == bytes(packet.trailer)
+    assert Packet.parse(data) == packet
+
+
+@EXAMPLES
+@given(packets(keyed=True, max_payload_size=64), st.data())
+def test_keyed_packet_cut_anywhere_is_rejected(packet: Packet, data: st.DataObject) -> None:
+    wire = bytes(packet)
+    cut = data.draw(st.integers(0, len(wire) - 1))
+    with pytest.raises(PacketError):
+        Packet.parse(wire[:cut])
+
+
+def test_unkeyed_bytes_do_not_change_with_a_trailer_field() -> None:
+    # The v1 layout test above pins the bytes; a packet without trailer is exactly that.
+    plain = example(payload=b"abc")
+    assert bytes(plain)[5] & KEYED_FLAG == 0 and plain.size == HEADER_SIZE + 3
+    keyed = example(payload=b"abc", trailer=Trailer(b"s" * 8, 5))
+    assert bytes(keyed)[: 5] == bytes(plain)[: 5]
+    assert bytes(keyed)[HEADER_SIZE:-TRAILER_SIZE] == b"abc"

@@ -119,3 +119,29 @@ def test_report_line_does_not_call_unneeded_packets_lost(complete: bool, wording
     fields = json.loads(report_line(got, Path("x.png"), 0.9, as_json=True))
     assert fields["packets_missing"] == 28 and fields["complete"] is complete
     assert fields["sender"] == "127.0.0.1" and fields["latency_ms"] == 900.0
+
+
+def test_output_names_never_overwrite_unless_asked(tmp_path: Path) -> None:
+    from resilient_tx.app.recv import output_path
+
+    first = output_path(tmp_path, 0xAB, overwrite=False)
+    assert first == tmp_path / "000000ab.png"
+    first.write_bytes(b"legit")
+    second = output_path(tmp_path, 0xAB, overwrite=False)
+    assert second == tmp_path / "000000ab-1.png"
+    assert output_path(tmp_path, 0xAB, overwrite=True) == first
+    assert all(p.parent == tmp_path for p in (first, second))
+
+
+@pytest.mark.parametrize("content, needle", [(None, "does not exist"), (b"", "is empty"),
+                                             (b"x" * 8, "at least 16")])
+def test_bad_key_files_are_one_line_errors(tmp_path: Path, capsys, content, needle) -> None:
+    key = tmp_path / "key"
+    if content is not None:
+        key.write_bytes(content)
+    assert main(["recv", "--key-file", str(key)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["send", str(sample_path()), "--to", "127.0.0.1:9", "--key-file",
+                 str(key)]) == 2
+    assert needle in capsys.readouterr().err

@@ -142,3 +142,31 @@ def test_undecodable_images_raise_or_go_to_on_skip(foreign_packets: list[bytes],
     assert [d.key[1] for d in skipped] == [9] and got is not None and got.image_id == 7
     with pytest.raises(ModelMismatchError):
         run(main(skip=False))
+
+
+def _due(sender: str, image_id: int) -> DueImage:
+    return DueImage((sender, image_id, b"m" * 8), None, 0.0, True)  # type: ignore[arg-type]
+
+
+def test_fair_queue_serves_senders_in_turn_and_drops_stale_and_excess() -> None:
+    from resilient_tx.app.session import FairQueue
+
+    q = FairQueue(max_total=4, max_per_sender=2, max_age=5.0)
+    for i in range(5):
+        q.push(_due("flood", i), 0.0)  # keeps only its own 2 newest
+    q.push(_due("legit", 99), 0.0)
+    assert len(q) == 3 and q.drops.snapshot() == {"image_over_cap": 3}
+    order = [q.pop(1.0) for _ in range(3)]
+    assert [d.key[1] for d in order if d is not None] == [3, 99, 4]
+    q.push(_due("a", 1), 0.0)
+    assert q.pop(6.0) is None and q.drops.counts["image_stale"] == 1
+
+
+def test_fair_queue_when_full_lets_a_lighter_sender_in() -> None:
+    from resilient_tx.app.session import FairQueue
+
+    q = FairQueue(max_total=2, max_per_sender=2, max_age=5.0)
+    q.push(_due("flood", 1), 0.0)
+    q.push(_due("flood", 2), 0.0)
+    q.push(_due("legit", 3), 0.0)  # the heaviest sender gives way
+    assert sorted(d.key[1] for d in (q.pop(0.1), q.pop(0.1)) if d) == [2, 3]

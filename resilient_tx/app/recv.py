@@ -4,6 +4,11 @@ The loop itself is :func:`~resilient_tx.app.session.receive_images`; this comman
 the options (a :class:`~resilient_tx.config.ReceiverConfig`: flags over ``--config
 FILE``'s ``recv:`` section over the defaults), writes each image as
 ``OUT_DIR/<image id>.png`` and prints one report line (or JSON object) per image.
+
+An existing file is never replaced (a second image with the same id, e.g. from another
+sender, becomes ``<image id>-1.png``) unless ``--overwrite``; names are made of the hex id
+only, so nothing is written outside ``OUT_DIR``. Dropped packets and images are counted
+by reason, shown with every image and summarised on exit.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from resilient_tx.config import ReceiverConfig
 if TYPE_CHECKING:
     from resilient_tx.app.session import ReceivedImage
     from resilient_tx.errors import ResilientTxError
-    from resilient_tx.resilience.collector import DueImage
+    from resilient_tx.resilience.auth import PacketKey
+    from resilient_tx.resilience.collector import Drops, DueImage
     from resilient_tx.resilience.endpoint import Receiver
 
 
@@ -43,7 +49,8 @@ def report_fields(got: ReceivedImage, path: Path, latency: float) -> dict[str, A
             "tokens_inpainted": r.tokens_inpainted, "bytes_received": r.bytes_received,
             "bytes_unusable": r.bytes_unusable,
             "decode_ms": round(1000 * got.received.decode_s, 1),
-            "latency_ms": round(1000 * latency, 1), "output": str(path)}
+            "latency_ms": round(1000 * latency, 1), "output": str(path),
+            "drops": got.drops}
 
 
 def report_line(got: ReceivedImage, path: Path, latency: float, as_json: bool) -> str:
@@ -58,7 +65,23 @@ def report_line(got: ReceivedImage, path: Path, latency: float, as_json: bool) -
             f"{r.packets_received}/{r.packets_sent} received, {missing}, "
             f"{r.packets_recovered} recovered by FEC; {r.tokens_inpainted}/{r.tokens} tokens "
             f"inpainted; {r.bytes_received} bytes ({r.bytes_unusable} unusable); latency "
-            f"{fields['latency_ms']:.0f} ms -> {path}")
+            f"{fields['latency_ms']:.0f} ms -> {path}{_drops_text(got.drops)}")
+
+
+def _drops_text(drops: dict[str, int]) -> str:
+    if not drops:
+        return ""
+    return "; dropped so far: " + ", ".join(f"{n} {r}" for r, n in drops.items())
+
+
+def output_path(out_dir: Path, image_id: int, overwrite: bool) -> Path:
+    """``OUT_DIR/<id>.png``, or with ``-1``, ``-2``... the first name not yet taken."""
+    path = out_dir / f"{image_id:08x}.png"
+    n = 0
+    while not overwrite and path.exists():
+        n += 1
+        path = out_dir / f"{image_id:08x}-{n}.png"
+    return path
 
 
 def _skipped(due: DueImage, exc: ResilientTxError) -> None:
@@ -68,16 +91,29 @@ def _skipped(due: DueImage, exc: ResilientTxError) -> None:
 async def _write(got: ReceivedImage, cfg: ReceiverConfig) -> None:
     from resilient_tx.images import FAST_PNG_LEVEL, save_rgb
 
-    path = Path(cfg.out_dir) / f"{got.image_id:08x}.png"
+    # Writes are awaited one at a time, so no two images race for the same free name.
+    path = output_path(Path(cfg.out_dir), got.image_id, cfg.overwrite)
     await asyncio.get_running_loop().run_in_executor(None, save_rgb, got.image, path,
                                                      FAST_PNG_LEVEL)
     print(report_line(got, path, got.latency(), cfg.json), flush=True)
 
 
-async def serve(cfg: ReceiverConfig, receiver: Receiver) -> None:
+def _notice(text: str) -> None:
+    print(f"resilient-tx: {text}", file=sys.stderr, flush=True)
+
+
+def _warn(text: str) -> None:
+    _notice(f"warning: {text}")
+
+
+async def serve(cfg: ReceiverConfig, receiver: Receiver, key: PacketKey | None = None,
+                drops: Drops | None = None) -> None:
     """Receive until ``cfg.count`` images are written (forever for 0)."""
     from resilient_tx.app.session import receive_images
+    from resilient_tx.resilience.collector import Drops
     from resilient_tx.transport import open_receiver
+
+    drops = Drops() if drops is None else drops
 
     async with open_receiver(cfg.transport, cfg.listen) as rx:
         print(f"listening on {cfg.listen} ({cfg.transport}); writing to {cfg.out_dir}/; "
@@ -87,7 +123,8 @@ async def serve(cfg: ReceiverConfig, receiver: Receiver) -> None:
         # A daemon thread, so that a receiver done with its --count images exits at once.
         threading.Thread(target=_warm_up, args=(receiver,), daemon=True).start()
         done = 0
-        images = receive_images(rx, receiver, deadline=cfg.deadline, on_skip=_skipped)
+        images = receive_images(rx, receiver, deadline=cfg.deadline, on_skip=_skipped,
+                                config=cfg, key=key, drops=drops, on_notice=_notice)
         async with aclosing(images):
             async for got in images:
                 await _write(got, cfg)
@@ -102,13 +139,20 @@ def _warm_up(receiver: Receiver) -> None:
 
 
 def cmd_recv(args: argparse.Namespace) -> int:
+    from resilient_tx.resilience.auth import load_key
+    from resilient_tx.resilience.collector import Drops
     from resilient_tx.resilience.endpoint import Receiver
     from resilient_tx.runtime import resolve_device, set_threads
 
     cfg = config_from_args(ReceiverConfig, args)
+    key = None if cfg.key_file is None else load_key(cfg.key_file, _warn)
     set_threads(cfg.threads)
     receiver = Receiver(cfg.inpainter, resolve_device(cfg.device), cfg.ar_window)
-    asyncio.run(serve(cfg, receiver))
+    drops = Drops()
+    try:
+        asyncio.run(serve(cfg, receiver, key, drops))
+    finally:
+        print(f"resilient-tx: dropped: {drops.summary()}", file=sys.stderr, flush=True)
     return 0
 
 
@@ -131,6 +175,24 @@ def add_parser(sub: Any) -> None:
         ("ar_window", "with --inpainter ar: window of N x N tokens (default: the prior's, 16)",
          "N"),
         ("json", "one JSON object per image", None),
+        ("key_file", "shared secret (>= 16 bytes): accept only packets signed with it",
+         "FILE"),
+        ("overwrite", "replace OUT_DIR/<id>.png if it exists (default: write <id>-1.png)",
+         None),
+        ("replay_window", "seconds a signed packet's clock may differ from ours "
+         f"(default: {d.replay_window:g})", "SECONDS"),
+        ("max_pixels", f"largest image accepted (default: {d.max_pixels})", "N"),
+        ("max_open", f"images collected at once (default: {d.max_open})", "N"),
+        ("max_open_per_sender", f"... per sender (default: {d.max_open_per_sender})", "N"),
+        ("max_image_bytes", f"bytes buffered per image (default: {d.max_image_bytes})",
+         "N"),
+        ("max_buffered_bytes", f"bytes buffered in all (default: {d.max_buffered_bytes})",
+         "N"),
+        ("max_queued", f"images waiting to be decoded (default: {d.max_queued})", "N"),
+        ("max_queued_per_sender", "... per sender (default: "
+         f"{d.max_queued_per_sender})", "N"),
+        ("max_queue_age", "drop an image that waited this long to be decoded "
+         f"(default: {d.max_queue_age:g})", "SECONDS"),
     ]:
         add_option(r, ReceiverConfig, name, help, metavar)
     r.add_argument("--config", help="YAML file with a recv: section")

@@ -67,7 +67,7 @@ async def send_images(cfg: SenderConfig, sender: Sender, images: list[Image]) ->
             before = _refusals(tx)
             image_id = rng.getrandbits(32)
             sent = sender.packets(image, image_id)
-            raw = [bytes(p) for p in sent.packets]
+            raw = sender.datagrams(sent.packets)
             dropped = 0
             if chan is not None:
                 kept, stats = transmit(raw, chan, cfg.seed + i)
@@ -96,8 +96,13 @@ def _refusals(tx: object) -> int:
     return int(getattr(tx, "errors", 0))
 
 
+def _warn(text: str) -> None:
+    print(f"resilient-tx: warning: {text}", file=sys.stderr, flush=True)
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     from resilient_tx.images import load_rgb
+    from resilient_tx.resilience.auth import load_key
     from resilient_tx.resilience.endpoint import Sender
     from resilient_tx.runtime import resolve_device, set_threads
 
@@ -105,9 +110,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not cfg.to:
         raise InputError("--to HOST[:PORT] is required (or `to:` in the config's send section)")
     cfg = fit_to_transport(cfg)
+    key = None if cfg.key_file is None else load_key(cfg.key_file, _warn)
     set_threads(cfg.threads)
     images = [(p, load_rgb(p)) for p in args.images]
-    sender = Sender(cfg, resolve_device(cfg.device))
+    sender = Sender(cfg, resolve_device(cfg.device), key)
     asyncio.run(send_images(cfg, sender, images))
     return 0
 
@@ -135,6 +141,8 @@ def add_parser(sub: Any) -> None:
         ("burst", f"mean burst length for gilbert (default: {d.burst:g})", None),
         ("seed", f"seed of the simulated loss (default: {d.seed})", None),
         ("max_packet", f"bytes per packet (default: {d.max_packet})", None),
+        ("key_file", "shared secret (>= 16 bytes): sign every packet; the receiver needs "
+         "the same file", "FILE"),
     ]:
         add_option(s, SenderConfig, name, help, metavar)
     s.add_argument("--config", help="YAML file with a send: section")

@@ -16,21 +16,25 @@ thread, so the transport keeps queueing packets while an image decodes::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Hashable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from resilient_tx.config import ReceiverConfig
-from resilient_tx.errors import ResilientTxError
-from resilient_tx.resilience.collector import Collector, DueImage
+from resilient_tx.errors import ResilientTxError, TransportError
+from resilient_tx.resilience.auth import PacketKey, ReplayWindow, Verifier
+from resilient_tx.resilience.collector import Collector, Drops, DueImage
 from resilient_tx.resilience.endpoint import Received, Receiver
 from resilient_tx.resilience.reassembly import ReceiveReport
 from resilient_tx.transport import PacketReceiver
 
 SkipHandler = Callable[[DueImage, ResilientTxError], None]
+NoticeHandler = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class ReceivedImage:
 
     due: DueImage
     received: Received
+    drops: dict[str, int] = field(default_factory=dict)  # dropped so far, by reason
 
     @property
     def image(self) -> np.ndarray:
@@ -86,18 +91,136 @@ async def due_images(rx: PacketReceiver, collector: Collector) -> AsyncGenerator
             yield due
 
 
-async def receive_images(rx: PacketReceiver, receiver: Receiver, *,
-                         deadline: float = ReceiverConfig.deadline,
-                         on_skip: SkipHandler | None = None) -> AsyncGenerator[ReceivedImage, None]:
-    """Decode every image that arrives on ``rx``, in the order they become due.
+@dataclass
+class FairQueue:
+    """Images waiting to be decoded, served round-robin across senders.
 
-    An image the receiver cannot decode (e.g. from a model it does not have) raises, or,
-    with ``on_skip``, is handed to it and skipped so the loop keeps serving.
+    Each sender has its own queue of at most ``max_per_sender`` images (a sender that
+    outruns the decoder loses its own oldest image); all together hold at most
+    ``max_total``, and when full a newcomer gets in only if its sender holds fewer images
+    than the heaviest one, whose oldest image then gives way. ``pop`` takes one image from
+    each sender in turn, and drops an image that waited more than ``max_age`` seconds
+    (stale: its sender has moved on). Drops are counted in ``drops``.
     """
-    loop = asyncio.get_running_loop()
-    collector = Collector(receiver.stage_count, deadline=deadline)
+
+    max_total: int = ReceiverConfig.max_queued
+    max_per_sender: int = ReceiverConfig.max_queued_per_sender
+    max_age: float = ReceiverConfig.max_queue_age
+    drops: Drops = field(default_factory=Drops)
+    # Insertion order is the rotation: the first sender is served next.
+    _queues: dict[Hashable, deque[tuple[float, DueImage]]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def push(self, due: DueImage, now: float) -> None:
+        sender = due.key[0]
+        mine = self._queues.get(sender)
+        held = 0 if mine is None else len(mine)
+        if mine is not None and held >= self.max_per_sender:
+            mine.popleft()
+            self.drops.add("image_over_cap")
+        elif len(self) >= self.max_total:
+            heaviest = max(self._queues, key=lambda k: len(self._queues[k]))
+            if held >= len(self._queues[heaviest]):
+                self.drops.add("image_over_cap")  # no lighter than anyone: refused
+                return
+            self._queues[heaviest].popleft()
+            self.drops.add("image_over_cap")
+            if not self._queues[heaviest]:
+                del self._queues[heaviest]
+        self._queues.setdefault(sender, deque()).append((now, due))
+
+    def pop(self, now: float) -> DueImage | None:
+        while self._queues:
+            sender = next(iter(self._queues))
+            q = self._queues.pop(sender)
+            queued_at, due = q.popleft()
+            if q:
+                self._queues[sender] = q  # to the back of the rotation
+            if now - queued_at > self.max_age:
+                self.drops.add("image_stale")
+                continue
+            return due
+        return None
+
+
+def make_collector(receiver: Receiver, cfg: ReceiverConfig,
+                   key: PacketKey | None = None) -> Collector:
+    """The collector ``cfg`` describes: its caps, and with ``key`` signed packets only."""
+    verifier = None if key is None else Verifier(key, ReplayWindow(cfg.replay_window))
+    return Collector.from_config(cfg, receiver.stage_count, stage_tokens=receiver.stage_tokens,
+                                 verifier=verifier)
+
+
+async def _feed(rx: PacketReceiver, collector: Collector, queue: FairQueue,
+                wake: asyncio.Event, on_notice: NoticeHandler | None) -> None:
+    """Move due images from the collector to the decode queue, for as long as ``rx``
+    delivers: packets keep being read while an image decodes."""
     async with aclosing(due_images(rx, collector)) as images:
         async for due in images:
+            queue.push(due, time.monotonic())
+            wake.set()
+            _notify(collector.drops, on_notice)
+
+
+def _notify(drops: Drops, on_notice: NoticeHandler | None) -> None:
+    notices, drops.notices = drops.notices, []
+    if on_notice is not None:
+        for text in notices:
+            on_notice(text)
+
+
+async def _next_due(queue: FairQueue, feeder: asyncio.Future[object],
+                    wake: asyncio.Event) -> DueImage:
+    """The next image to decode; the feeder's error once it stopped and all is served."""
+    while True:
+        due = queue.pop(time.monotonic())
+        if due is not None:
+            return due
+        if feeder.done():
+            feeder.result()  # raises what stopped it (TransportError when rx closed)
+            raise TransportError("receiver closed")
+        wake.clear()
+        waiter: asyncio.Future[object] = asyncio.ensure_future(wake.wait())
+        try:
+            await asyncio.wait([waiter, feeder], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+
+async def receive_images(rx: PacketReceiver, receiver: Receiver, *,
+                         deadline: float = ReceiverConfig.deadline,
+                         on_skip: SkipHandler | None = None,
+                         config: ReceiverConfig | None = None,
+                         key: PacketKey | None = None,
+                         drops: Drops | None = None,
+                         on_notice: NoticeHandler | None = None,
+                         ) -> AsyncGenerator[ReceivedImage, None]:
+    """Decode every image that arrives on ``rx``, fairly across senders.
+
+    An image the receiver cannot decode (e.g. from a model it does not have) raises, or,
+    with ``on_skip``, is handed to it and skipped so the loop keeps serving. ``config``
+    gives the caps (its ``deadline`` unless ``deadline`` is given otherwise), ``key``
+    makes the receiver accept signed packets only, ``drops`` (shared with the caller)
+    counts what was dropped and why, and ``on_notice`` hears once about drops that point
+    at a misconfiguration (a key on one side only).
+    """
+    cfg = ReceiverConfig(deadline=deadline) if config is None else config
+    if config is not None and deadline != ReceiverConfig.deadline:
+        cfg = dataclasses.replace(cfg, deadline=deadline)
+    collector = make_collector(receiver, cfg, key)
+    if drops is not None:
+        collector.drops = drops
+    queue = FairQueue(cfg.max_queued, cfg.max_queued_per_sender, cfg.max_queue_age,
+                      collector.drops)
+    wake = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    feeder: asyncio.Future[object] = asyncio.ensure_future(
+        _feed(rx, collector, queue, wake, on_notice))
+    try:
+        while True:
+            due = await _next_due(queue, feeder, wake)
             try:
                 received = await loop.run_in_executor(None, receiver.finish, due)
             except ResilientTxError as exc:
@@ -105,4 +228,7 @@ async def receive_images(rx: PacketReceiver, receiver: Receiver, *,
                     raise
                 on_skip(due, exc)
                 continue
-            yield ReceivedImage(due, received)
+            yield ReceivedImage(due, received, collector.drops.snapshot())
+    finally:
+        feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)

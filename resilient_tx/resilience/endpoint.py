@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,10 +20,13 @@ import torch
 
 from resilient_tx.codec.image_codec import Codec
 from resilient_tx.codec.inpaint import Inpainter, get_inpainter
-from resilient_tx.config import SenderConfig
+from resilient_tx.codec.partition import stage_indices
+from resilient_tx.config import ModelConfig, SenderConfig
 from resilient_tx.errors import InputError, ModelNotFoundError
 from resilient_tx.resilience import fec, reassembly
+from resilient_tx.resilience.auth import PacketKey, Signer
 from resilient_tx.resilience.collector import DueImage
+from resilient_tx.resilience.packet import TRAILER_SIZE, Packet
 from resilient_tx.resilience.packetizer import PacketizedImage, Packetizer
 from resilient_tx.resilience.reassembly import ReceiveReport
 from resilient_tx.zoo.checkpoint import LoadedModel
@@ -50,16 +54,27 @@ def fec_profile(name: str) -> fec.FecProfile:
 class Sender:
     """Encodes and packetizes images for one rate point and FEC setting.
 
-    Reads ``rate``, ``fec``, ``context_depth`` and ``max_packet`` of the config.
+    Reads ``rate``, ``fec``, ``context_depth`` and ``max_packet`` of the config. With a
+    ``key`` every datagram is signed, and payloads shrink by the trailer's bytes so the
+    signed packet still fits ``max_packet``.
     """
 
-    def __init__(self, cfg: SenderConfig, device: torch.device) -> None:
+    def __init__(self, cfg: SenderConfig, device: torch.device,
+                 key: PacketKey | None = None) -> None:
         codec = Codec(get_model(cfg.rate), device)
+        self.signer = None if key is None else Signer(key)
+        room = cfg.max_packet - (0 if key is None else TRAILER_SIZE)
         self.packetizer = Packetizer(codec, fec_profile(cfg.fec), rate_point_id(cfg.rate),
-                                     cfg.max_packet, context_depth=cfg.context_depth)
+                                     room, context_depth=cfg.context_depth)
 
     def packets(self, image: np.ndarray, image_id: int) -> PacketizedImage:
         return self.packetizer.packetize(image, image_id)
+
+    def datagrams(self, packets: Sequence[Packet]) -> list[bytes]:
+        """The bytes to send for ``packets``: signed when the sender has a key."""
+        if self.signer is None:
+            return [bytes(p) for p in packets]
+        return [self.signer.sign(p) for p in packets]
 
 
 @dataclass(frozen=True)
@@ -80,7 +95,7 @@ class Receiver:
         self.ar_window = ar_window
         self.device = device
         self._codecs: dict[bytes, tuple[Codec, Inpainter]] = {}
-        self._stage_counts: dict[bytes, int] | None = None
+        self._model_cfgs: dict[bytes, ModelConfig] | None = None
         # warm_up may run in a background thread while images are decoded in another:
         # each model is then built once, by whichever thread asks first.
         self._lock = threading.RLock()
@@ -110,11 +125,25 @@ class Receiver:
         Called for every packet, so the shipped models are listed once; an unknown id
         costs a dictionary miss, not a search of the model folder.
         """
+        cfg = self._model_cfg(model_id)
+        return None if cfg is None else cfg.stages
+
+    def stage_tokens(self, model_id: bytes, width: int, height: int) -> tuple[int, ...] | None:
+        """Tokens in each stage of a ``width`` x ``height`` image of this model (what
+        bounds a header's chunk count); None for a model we lack."""
+        cfg = self._model_cfg(model_id)
+        if cfg is None:
+            return None
+        f = cfg.downsample
+        return tuple(len(ix) for ix in stage_indices(-(-height // f), -(-width // f),
+                                                      cfg.stages))
+
+    def _model_cfg(self, model_id: bytes) -> ModelConfig | None:
         with self._lock:
-            if self._stage_counts is None:
+            if self._model_cfgs is None:
                 models = [get_model(rate) for rate in available_rates()]
-                self._stage_counts = {m.model_id: m.cfg.stages for m in models}
-            return self._stage_counts.get(model_id)
+                self._model_cfgs = {m.model_id: m.cfg for m in models}
+            return self._model_cfgs.get(model_id)
 
     def warm_up(self) -> None:
         """Load every shipped model, its inpainter and the entropy coder now, so the first

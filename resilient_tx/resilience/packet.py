@@ -8,7 +8,8 @@ little-endian, :data:`HEADER_SIZE` = 36 bytes)::
     0       4     magic "RTXP"
     4       1     version (this build writes and reads 1)
     5       1     flags: bits 0-2 = context depth c (0: stage s is coded given all stages < s;
-                  c > 0: given stages 1..min(s-1, c) only, see packetizer.py); others 0
+                  c > 0: given stages 1..min(s-1, c) only, see packetizer.py); bit 3 =
+                  keyed (an authentication trailer follows the payload); others 0
     6       4     image id u32 (tells packets of consecutive images apart)
     10      8     model id (the first 8 bytes of the model hash, as in the .rtx file)
     18      2     image width u16
@@ -21,6 +22,13 @@ little-endian, :data:`HEADER_SIZE` = 36 bytes)::
     30      2     payload length u16
     32      4     CRC32 of bytes 0..31 followed by the payload
     36      ...   payload
+    ...     32    keyed packets only (flag bit 3): the trailer, see :class:`Trailer`
+
+An unkeyed packet (bit 3 clear) is byte for byte the version-1 packet it always was. A
+keyed one adds :data:`TRAILER_SIZE` bytes after the payload: sender id (8 bytes), sequence
+number u64 and a 16-byte tag; the payload length field still counts the payload only, and
+the CRC still covers bytes 0..31 and the payload. The tag is made and checked by
+:mod:`resilient_tx.resilience.auth`; this module only frames it.
 
 Width and height are u16, not u32 as in the ``.rtx`` container: they are repeated in
 every packet, and 4 bytes per packet buy nothing for images up to 65535 px a side.
@@ -50,6 +58,12 @@ MODEL_ID_SIZE = 8
 _FIELDS = struct.Struct("<4sBBI8sHHBBHHHH")
 _CRC = struct.Struct("<I")
 HEADER_SIZE = _FIELDS.size + _CRC.size
+KEYED_FLAG = 0x08  # flags bit 3: the packet ends with an authentication trailer
+SENDER_ID_SIZE = 8
+TAG_SIZE = 16
+_TRAILER = struct.Struct(f"<{SENDER_ID_SIZE}sQ{TAG_SIZE}s")
+TRAILER_SIZE = _TRAILER.size
+MAX_U64 = (1 << 64) - 1
 MAX_U8 = 0xFF
 MAX_U16 = 0xFFFF
 MAX_U32 = 0xFFFFFFFF
@@ -74,6 +88,32 @@ def _check_int(name: str, value: int, low: int, high: int) -> None:
 
 
 @dataclass(frozen=True)
+class Trailer:
+    """What a keyed packet adds after its payload: who sent it, its place in that sender's
+    sequence, and the truncated HMAC tag over everything before the tag."""
+
+    sender_id: bytes
+    seq: int
+    tag: bytes = bytes(TAG_SIZE)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sender_id, bytes) or len(self.sender_id) != SENDER_ID_SIZE:
+            raise InputError(f"sender_id must be {SENDER_ID_SIZE} bytes")
+        if not isinstance(self.tag, bytes) or len(self.tag) != TAG_SIZE:
+            raise InputError(f"tag must be {TAG_SIZE} bytes")
+        _check_int("seq", self.seq, 0, MAX_U64)
+
+    def __bytes__(self) -> bytes:
+        return _TRAILER.pack(self.sender_id, self.seq, self.tag)
+
+    @classmethod
+    def parse(cls, data: bytes) -> Trailer:
+        if len(data) != TRAILER_SIZE:
+            raise PacketError(f"truncated trailer ({len(data)} bytes, need {TRAILER_SIZE})")
+        return cls(*_TRAILER.unpack(data))
+
+
+@dataclass(frozen=True)
 class Packet:
     """The decoded header fields and payload of one packet (see the module docstring)."""
 
@@ -87,7 +127,8 @@ class Packet:
     k: int
     n: int
     payload: bytes
-    flags: int = 0
+    flags: int = 0  # the header byte without KEYED_FLAG, which ``trailer`` stands for
+    trailer: Trailer | None = None
 
     def __post_init__(self) -> None:
         # Programmer errors at construction: a sender must never build an unencodable packet.
@@ -104,6 +145,10 @@ class Packet:
         _check_int("n", self.n, self.k, MAX_U16)
         _check_int("index", self.index, 0, self.n - 1)
         _check_int("flags", self.flags, 0, MAX_U8)
+        if self.flags & KEYED_FLAG:
+            raise InputError("flags bit 3 is the keyed bit: give a trailer instead")
+        if self.trailer is not None and not isinstance(self.trailer, Trailer):
+            raise InputError(f"trailer must be a Trailer, got {type(self.trailer).__name__}")
         _check_int("payload length", len(self.payload), 0, MAX_U16)
 
     @property
@@ -113,18 +158,20 @@ class Packet:
 
     @property
     def size(self) -> int:
-        """Encoded size in bytes, header included."""
-        return HEADER_SIZE + len(self.payload)
+        """Encoded size in bytes, header (and trailer, if keyed) included."""
+        return HEADER_SIZE + len(self.payload) + (0 if self.trailer is None else TRAILER_SIZE)
 
     def _fields(self) -> bytes:
-        return _FIELDS.pack(MAGIC, VERSION, self.flags, self.image_id, self.model_id,
+        flags = self.flags | (0 if self.trailer is None else KEYED_FLAG)
+        return _FIELDS.pack(MAGIC, VERSION, flags, self.image_id, self.model_id,
                             self.width, self.height, self.rate_point, self.stage,
                             self.index, self.k, self.n, len(self.payload))
 
     def __bytes__(self) -> bytes:
         fields = self._fields()
         crc = zlib.crc32(self.payload, zlib.crc32(fields)) & MAX_U32
-        return fields + _CRC.pack(crc) + self.payload
+        tail = b"" if self.trailer is None else bytes(self.trailer)
+        return fields + _CRC.pack(crc) + self.payload + tail
 
     @classmethod
     def parse(cls, data: bytes | bytearray | memoryview) -> Packet:
@@ -136,23 +183,31 @@ class Packet:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise PacketError(f"not a packet (got {type(data).__name__}, expected bytes)")
         data = bytes(data)
-        _check_framing(data)
+        end = _check_framing(data)
         (_magic, _version, flags, image_id, model_id, width, height, rate_point, stage,
          index, k, n, _length) = _FIELDS.unpack_from(data)
         (crc,) = _CRC.unpack_from(data, _FIELDS.size)
-        payload = data[HEADER_SIZE:]
+        payload = data[HEADER_SIZE:end]
         if zlib.crc32(payload, zlib.crc32(data[: _FIELDS.size])) & MAX_U32 != crc:
             raise PacketError("corrupted packet (CRC mismatch)")
         _check_consistent(width, height, stage, index, k, n)
+        trailer = Trailer.parse(data[end:]) if flags & KEYED_FLAG else None
         try:
             return cls(image_id, model_id, width, height, rate_point, stage, index, k, n,
-                       payload, flags)
+                       payload, flags & ~KEYED_FLAG, trailer)
         except InputError as exc:  # unreachable after the checks above; keeps the contract
             raise PacketError(f"inconsistent packet ({exc})") from exc
 
 
-def _check_framing(data: bytes) -> None:
-    """Magic, version and lengths: everything needed before the CRC can be checked."""
+def is_keyed(data: bytes) -> bool:
+    """Whether a datagram's header says it carries a trailer (without parsing it)."""
+    return len(data) > 5 and bool(data[5] & KEYED_FLAG)
+
+
+def _check_framing(data: bytes) -> int:
+    """Magic, version and lengths: everything needed before the CRC can be checked.
+
+    Returns where the payload ends (the trailer, if any, follows)."""
     if not data.startswith(MAGIC[: len(data)]):
         raise PacketError("not a packet (bad magic)")
     if len(data) < HEADER_SIZE:
@@ -161,9 +216,11 @@ def _check_framing(data: bytes) -> None:
     if fields[1] != VERSION:
         raise PacketError(f"unsupported packet version {fields[1]} (this build reads {VERSION})")
     length = fields[-1]
-    if len(data) != HEADER_SIZE + length:
-        raise PacketError(f"payload length mismatch (header says {length}, "
-                          f"got {len(data) - HEADER_SIZE})")
+    extra = TRAILER_SIZE if fields[2] & KEYED_FLAG else 0
+    if len(data) != HEADER_SIZE + length + extra:
+        raise PacketError(f"payload length mismatch (header says {length}"
+                          f"{' + trailer' if extra else ''}, got {len(data) - HEADER_SIZE})")
+    return HEADER_SIZE + length
 
 
 def _check_consistent(width: int, height: int, stage: int, index: int, k: int, n: int) -> None:
