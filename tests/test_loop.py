@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,11 @@ from resilient_tx.training.loop import (
     Stats,
     StepBudget,
     StepFn,
+    StepStats,
     TrainLoop,
     TrainState,
     descend,
+    materialise,
 )
 
 SCHED = Schedule(lr=1.0, min_lr=0.1, warmup=2)
@@ -163,3 +166,21 @@ def test_log_rows_every_ten_steps(tiny_config: ModelConfig, tmp_path: Path) -> N
     assert [r["step"] for r in rows] == ["10", "20"]
     assert rows[0]["phase"] == "t" and math.isfinite(float(rows[0]["bits"]))
     assert float(rows[1]["lr"]) == pytest.approx(RUN_SCHED.at(19, 20), rel=1e-5)
+
+
+def test_tensor_statistics_are_read_back_and_derived(tiny_config: ModelConfig,
+                                                     tmp_path: Path) -> None:
+    rows = materialise([{"a": torch.tensor(0.25), "b": 2.0}, {"a": torch.tensor(1.5), "b": 3}])
+    assert rows == [{"a": 0.25, "b": 2.0}, {"a": 1.5, "b": 3.0}]
+    assert all(type(v) is float for r in rows for v in r.values())
+    run = _make_run(tiny_config, tmp_path, seed=0, cap=10)
+    plan = dataclasses.replace(run.loop.plan, derive=lambda r: {"bits": 2 * r["bits"]})
+    loop = TrainLoop(plan, run.net, run.loop.opt, {"data": run.data}, {"phase": "t"})
+
+    def step(i: int) -> StepStats:
+        return {"bits": torch.tensor(float(i))}  # left on the device until the log row
+
+    res = loop.run(step)
+    assert res.mean("bits") == pytest.approx(9.0)  # 2 * mean(0..9)
+    row = next(csv.DictReader((tmp_path / "log.csv").open()))
+    assert float(row["bits"]) == pytest.approx(9.0)

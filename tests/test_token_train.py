@@ -15,6 +15,7 @@ from resilient_tx.config import ArConfig, ModelConfig, TrainConfig
 from resilient_tx.errors import InputError, ModelMismatchError
 from resilient_tx.model import PQMIM
 from resilient_tx.model.ar import ArPrior
+from resilient_tx.training.efficiency import Efficiency
 from resilient_tx.training.token_train import (
     ArTrainer,
     FrozenTokens,
@@ -207,3 +208,20 @@ def test_full_run_with_an_ar_section_trains_the_prior_too(tmp_path: Path, images
                  "--threads", "1", "--device", "cpu"]) == 0
     assert "AR prior written" in capsys.readouterr().out
     assert load_prior(out / "ar.pt", load_model(out / "model.pt")).meta["ar_steps"] == 2
+
+
+def test_token_phases_run_the_efficient_path(model: LoadedModel, images,
+                                             tmp_path: Path) -> None:
+    eff = Efficiency(bf16=True, device_data=True)
+    cpu = torch.device("cpu")
+    ft = MimFinetuner(model, images, TRAIN, tmp_path / "ft", cpu, eff=eff).run()
+    assert ft.steps == 3 and math.isfinite(ft.final_bits)
+    assert load_model(ft.path).model_id_hex == ft.model_id
+    ar = ArTrainer(model, images, AR, TRAIN, tmp_path / "ar", cpu, eff=eff).run()
+    assert ar.steps == 3 and math.isfinite(ar.final_bits)
+    src = FrozenTokens(model, images, 32, seed=0, device=cpu, device_data=True)
+    state = src.sampler.gen.get_state()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as inside a bf16 training step
+        under_bf16 = src.batch(4)
+    src.sampler.gen.set_state(state)
+    assert torch.equal(under_bf16, src.batch(4))  # the frozen encoder stays float32

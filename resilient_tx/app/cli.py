@@ -39,31 +39,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.init and not args.only:
         raise InputError("--init needs --only mim|ar: a full run trains a new autoencoder")
     set_threads(args.threads if args.threads is not None else run.train.threads)
-    device = resolve_device(args.device)
-    if device.type == "cuda":
-        # Training only: TF32 matmuls are ~free speed. Coding never runs these weights in
-        # reduced precision (the entropy model is float64, see entropy.py).
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    if args.only:
-        return _train_on_tokens(args, run, device)
-    from resilient_tx.training.trainer import Trainer
-    from resilient_tx.zoo.checkpoint import load_model
+    from resilient_tx.training import distributed
 
-    trainer = Trainer(run, Path(args.data), Path(args.out), device)
-    if trainer.try_resume():
-        print(f"resuming from {trainer.state_path} at step {trainer.step}", file=sys.stderr)
-    res = trainer.run()
-    print(f"model {res.model_id} written to {res.model_path} after {res.steps} steps "
-          f"({res.seconds / 60:.1f} min): train PSNR {res.final_psnr:.2f} dB, "
-          f"MIM {res.final_mim_bits:.3f} bits/sub-index")
-    if run.ar.steps > 0:  # an ``ar:`` section with steps also trains the AR prior
-        from resilient_tx.training.token_train import ArTrainer
+    # Under torchrun: one process per GPU (or CPU rank), data-parallel; else one process.
+    with distributed.session(resolve_device(args.device)) as (dist, device):
+        if device.type == "cuda":
+            # Training only: TF32 matmuls are ~free speed. Coding never runs these weights in
+            # reduced precision (the entropy model is float64, see entropy.py).
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        if args.only:
+            if dist.enabled:
+                raise InputError(f"--only {args.only} runs in one process: start it without "
+                                 "torchrun")
+            return _train_on_tokens(args, run, device)
+        from resilient_tx.training.trainer import Trainer
+        from resilient_tx.zoo.checkpoint import load_model
 
-        model = load_model(res.model_path)
-        ar = ArTrainer(model, trainer.images, run.ar, run.train, Path(args.out), device)
-        _report(ar.run(), "AR prior")
+        trainer = Trainer(run, Path(args.data), Path(args.out), device, dist=dist)
+        if trainer.try_resume() and dist.is_main:
+            print(f"resuming from {trainer.state_path} at step {trainer.step}", file=sys.stderr)
+        res = trainer.run()
+        if dist.is_main:
+            print(f"model {res.model_id} written to {res.model_path} after {res.steps} steps "
+                  f"({res.seconds / 60:.1f} min): train PSNR {res.final_psnr:.2f} dB, "
+                  f"MIM {res.final_mim_bits:.3f} bits/sub-index")
+        if run.ar.steps > 0:  # an ``ar:`` section with steps also trains the AR prior
+            from resilient_tx.training.token_train import ArTrainer
+
+            model = load_model(res.model_path)
+            ar = ArTrainer(model, trainer.images, run.ar, run.train, Path(args.out), device,
+                           dist=dist)
+            ar_res = ar.run()
+            if dist.is_main:
+                _report(ar_res, "AR prior")
     return 0
 
 

@@ -9,12 +9,19 @@ A phase (joint PQ-VAE + MIM, MIM on frozen tokens, MIM continuation, AR prior) s
 * with a wall-clock deadline, lets a :class:`StepBudget` shrink the planned number of steps
   to what the measured speed allows, and the cosine decay with it, so a run still ends its
   schedule on time;
-* appends the mean statistics of the recent steps to a CSV log;
+* appends the mean statistics of the recent steps to a CSV log; a step may return its
+  statistics as device tensors, which are read back ten steps at a time (one host-device
+  sync per log row instead of one per statistic and step);
 * writes a :class:`TrainState` every ``checkpoint_every`` steps and at the end, and resumes
   from one. A resumed run restores the weights, the optimizer, the step and every random
   generator, so, on the same machine with the same config, it continues exactly as if it
   had never stopped. The schedule is recorded but the resumed run follows its own config:
   a longer cap extends the run, a new time budget re-plans it.
+
+Under ``torchrun`` (:mod:`resilient_tx.training.distributed`) every rank runs the loop; the
+ranks agree on the planned total every ten steps (rank 0's estimate decides), only rank 0
+logs (its own batches' statistics), checkpoints and shows progress, and after a resume
+every other rank re-derives its generators from rank 0's.
 """
 
 from __future__ import annotations
@@ -33,12 +40,16 @@ import torch
 from tqdm import tqdm
 
 from resilient_tx.errors import InputError
+from resilient_tx.training import distributed
+from resilient_tx.training.distributed import SINGLE, DistInfo
 from resilient_tx.zoo.checkpoint import read_payload
 
 #: Statistics of one step (or their means over the recent steps), by name.
 Stats = dict[str, float]
+#: What a step returns: statistics as floats or as 0-dim tensors (read back lazily).
+StepStats = Mapping[str, float | torch.Tensor]
 #: One optimisation step; gets the index of the step it performs (0-based).
-StepFn = Callable[[int], Stats]
+StepFn = Callable[[int], StepStats]
 
 STATE_FORMAT = "resilient-tx-train-state/1"
 LOG_EVERY = 10  # steps between CSV rows and progress-bar updates
@@ -170,7 +181,8 @@ class LoopPlan:
     ``log_fields`` are the CSV columns (any of ``phase``, ``step``, ``lr`` and the step
     function's statistics); ``phase`` fills the ``phase`` column, so phases can share a log.
     ``checkpoint_path`` None: the phase is not resumable. ``show``: statistics on the
-    progress bar.
+    progress bar. ``derive`` turns a step's statistics, once read back as floats, into
+    the logged ones (e.g. a mean squared error into a PSNR); None keeps them.
     """
 
     desc: str
@@ -182,6 +194,7 @@ class LoopPlan:
     checkpoint_path: Path | None = None
     checkpoint_every: int = 500
     show: tuple[str, ...] = ()
+    derive: Callable[[Stats], Stats] | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +205,17 @@ class LoopResult:
 
     def mean(self, key: str, default: float = math.nan) -> float:
         return self.stats.get(key, default)
+
+
+def materialise(rows: list[StepStats]) -> list[Stats]:
+    """``rows`` with every tensor read back as a float, in one transfer per device."""
+    tensors = [v for r in rows for v in r.values() if isinstance(v, torch.Tensor)]
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(t.detach().float().reshape(()))
+    values = {d: iter(torch.stack(ts).tolist()) for d, ts in by_device.items()}
+    return [{k: next(values[v.device]) if isinstance(v, torch.Tensor) else float(v)
+             for k, v in r.items()} for r in rows]
 
 
 def _mean(recent: Iterable[Stats]) -> Stats:
@@ -213,15 +237,17 @@ class TrainLoop:
 
     ``module`` holds every trained weight (it is what a checkpoint stores and what is put
     in training mode), ``opt`` its optimizer, ``rngs`` the generators the step function
-    draws from, ``run`` what a checkpoint must match to be resumed here.
+    draws from, ``run`` what a checkpoint must match to be resumed here, ``dist`` this
+    process's rank (see the module doc).
     """
 
     def __init__(self, plan: LoopPlan, module: torch.nn.Module, opt: torch.optim.Optimizer,
                  rngs: Mapping[str, torch.Generator] | None = None,
-                 run: Mapping[str, Any] | None = None) -> None:
+                 run: Mapping[str, Any] | None = None, dist: DistInfo = SINGLE) -> None:
         self.plan, self.module, self.opt = plan, module, opt
         self.rngs = dict(rngs or {})
         self.run_id = dict(run or {})
+        self.dist = dist
         self.step = 0
 
     def state(self, total: int) -> TrainState:
@@ -245,7 +271,12 @@ class TrainLoop:
                     buf.copy_(st.buffers[name])
         self.opt.load_state_dict(st.optimizer)
         for name, g in self.rngs.items():
-            g.set_state(st.rngs[name].cpu())
+            try:
+                g.set_state(st.rngs[name].cpu())
+            except RuntimeError as exc:  # e.g. a CUDA generator's state into a CPU one
+                raise InputError(f"{source} was written with other speed options or on "
+                                 "another device; use a new --out") from exc
+            distributed.fork(g, self.dist)
         _set_global_rng(st.global_rng)
         self.step = st.step
 
@@ -260,35 +291,60 @@ class TrainLoop:
     def run(self, step_fn: StepFn, deadline: float | None = None) -> LoopResult:
         """Step from the current step to the cap, or until ``deadline`` (perf_counter time)."""
         plan, t0 = self.plan, time.perf_counter()
-        plan.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            plan.log_path.parent.mkdir(parents=True, exist_ok=True)
         budget = StepBudget(plan.cap, deadline, self.step)
+        total = plan.cap
         recent: deque[Stats] = deque(maxlen=RECENT)
+        pending: list[StepStats] = []
         self.module.train()
-        bar = tqdm(total=plan.cap, initial=self.step, desc=plan.desc, unit="step")
-        while self.step < budget.total:
+        bar = tqdm(total=plan.cap, initial=self.step, desc=plan.desc, unit="step",
+                   disable=not self.dist.is_main)
+        while self.step < total:
             for g in self.opt.param_groups:
-                g["lr"] = plan.schedule.at(self.step, budget.total)
-            recent.append(step_fn(self.step))
+                g["lr"] = plan.schedule.at(self.step, total)
+            pending.append(step_fn(self.step))
             self.step += 1
-            if budget.update(self.step, time.perf_counter()) != bar.total:
-                bar.total = budget.total
+            total = self._next_total(budget, total)
+            if total != bar.total:
+                bar.total = total
             bar.update(1)
             if self.step % LOG_EVERY == 0:
+                recent.extend(self._read(pending))
                 self._log(bar, _mean(recent))
-            if self._checkpoint_due(budget.total):
-                self.save(budget.total)
+            if self._checkpoint_due(total):
+                self.save(total)
+        recent.extend(self._read(pending))
         bar.close()
         self.module.eval()
         return LoopResult(self.step, _mean(recent), time.perf_counter() - t0)
 
+    def _next_total(self, budget: StepBudget, total: int) -> int:
+        """The planned total after this step; with several ranks, rank 0's, agreed every
+        LOG_EVERY steps (between agreements it stays as it was)."""
+        new = budget.update(self.step, time.perf_counter())
+        if not self.dist.enabled:
+            return new
+        if self.step % LOG_EVERY:
+            return total
+        return max(self.step, distributed.agree(self.dist, new))
+
+    def _read(self, pending: list[StepStats]) -> list[Stats]:
+        rows = materialise(pending)
+        pending.clear()
+        derive = self.plan.derive
+        return [derive(r) for r in rows] if derive else rows
+
     def save(self, total: int) -> None:
-        if self.plan.checkpoint_path is not None:
+        if self.plan.checkpoint_path is not None and self.dist.is_main:
             self.state(total).save(self.plan.checkpoint_path)
 
     def _checkpoint_due(self, total: int) -> bool:
         return self.step % self.plan.checkpoint_every == 0 or self.step == total
 
     def _log(self, bar: tqdm, avg: Stats) -> None:
+        if not self.dist.is_main:
+            return
         bar.set_postfix({k: f"{avg[k]:.3f}" for k in self.plan.show if k in avg})
         row = {"phase": self.plan.phase, "step": self.step,
                "lr": float(self.opt.param_groups[0]["lr"]), **avg}
