@@ -240,6 +240,10 @@ class TrainConfig(_Checked):
     time_budget: float = 0.0
     mim_time_share: float = 0.2
     weight_storage: WeightStorage = "fp16"  # how model.pt stores its weights
+    # Speed options (training only): "auto" = bf16, channels-last, data on the device and
+    # fused AdamW with CUDA, all off on the CPU (where they would change nothing useful).
+    efficient: Literal["auto", "on", "off"] = "auto"
+    compile: bool = False  # torch.compile the joint forward (falls back on failure)
 
 
 @dataclass(frozen=True)

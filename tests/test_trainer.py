@@ -6,7 +6,6 @@ import csv
 import dataclasses
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -188,9 +187,9 @@ def test_efficiency_defaults_keep_the_cpu_path() -> None:
     cuda = torch.device("cuda")
     assert Efficiency.from_train_config(TrainConfig(), CPU) == Efficiency.baseline()
     assert Efficiency.from_train_config(TrainConfig(), cuda) == Efficiency.fast(cuda)
-    on = SimpleNamespace(efficient="on", compile=True)
+    on = TrainConfig(efficient="on", compile=True)
     assert Efficiency.from_train_config(on, CPU) == Efficiency.fast(CPU, compile=True)
-    off = SimpleNamespace(efficient="off")
+    off = TrainConfig(efficient="off")
     assert Efficiency.from_train_config(off, cuda) == Efficiency.baseline()
     fast = Efficiency.fast(cuda)
     assert fast.bf16 and fast.channels_last and fast.device_data and fast.fused_adamw

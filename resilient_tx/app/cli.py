@@ -13,8 +13,16 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from resilient_tx.errors import InputError, ResilientTxError
+
+if TYPE_CHECKING:  # for annotations only: the commands import their machinery when run
+    import torch
+
+    from resilient_tx.config import RunConfig
+    from resilient_tx.training.distributed import DistInfo
+    from resilient_tx.training.token_train import PhaseResult
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -50,10 +58,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
         if args.only:
-            if dist.enabled:
-                raise InputError(f"--only {args.only} runs in one process: start it without "
-                                 "torchrun")
-            return _train_on_tokens(args, run, device)
+            return _train_on_tokens(args, run, device, dist)
         from resilient_tx.training.trainer import Trainer
         from resilient_tx.zoo.checkpoint import load_model
 
@@ -77,7 +82,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_on_tokens(args: argparse.Namespace, run, device) -> int:
+def _train_on_tokens(args: argparse.Namespace, run: RunConfig, device: torch.device,
+                     dist: DistInfo) -> int:
     """``--only mim|ar --init MODEL``: train on the frozen tokens of an existing model."""
     import dataclasses
 
@@ -98,17 +104,20 @@ def _train_on_tokens(args: argparse.Namespace, run, device) -> int:
         # A model: section may only resize the MIM (a fresh one, trained from scratch).
         raw = read_yaml(args.config, "config file") if args.config else None
         changes = dict((raw or {}).get("model") or {}) if isinstance(raw, dict) else {}
-        phase = MimFinetuner(model, images, run.train, out, device, changes or None)
+        phase = MimFinetuner(model, images, run.train, out, device, changes or None,
+                             dist=dist)
     else:
         ar = run.ar if run.ar.steps > 0 else dataclasses.replace(run.ar, steps=20000)
-        phase = ArTrainer(model, images, ar, run.train, out, device)
-    if phase.try_resume():
+        phase = ArTrainer(model, images, ar, run.train, out, device, dist=dist)
+    if phase.try_resume() and dist.is_main:
         print(f"resuming from {phase.state_path} at step {phase.step}", file=sys.stderr)
-    _report(phase.run(), "fine-tuned model" if args.only == "mim" else "AR prior")
+    res = phase.run()
+    if dist.is_main:
+        _report(res, "fine-tuned model" if args.only == "mim" else "AR prior")
     return 0
 
 
-def _report(res, what: str) -> None:
+def _report(res: PhaseResult, what: str) -> None:
     ident = f" {res.model_id}" if res.model_id else ""
     print(f"{what}{ident} written to {res.path} after {res.steps} steps "
           f"({res.seconds / 60:.1f} min): {res.final_bits:.3f} bits/sub-index")

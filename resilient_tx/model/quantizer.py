@@ -81,7 +81,9 @@ class ProductQuantizer(nn.Module):
         if self.training:
             with torch.no_grad():
                 for i in range(m):
-                    self.usage[i] += torch.bincount(idx[:, i].reshape(-1), minlength=self.v)
+                    # index_add_ rather than bincount: no host sync on a GPU per step.
+                    flat = idx[:, i].reshape(-1)
+                    self.usage[i].index_add_(0, flat, torch.ones_like(flat, dtype=self.usage.dtype))
         return QuantizerOutput(codes=codes, indices=idx, loss=loss)
 
     @torch.no_grad()

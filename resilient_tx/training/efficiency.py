@@ -36,6 +36,8 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
+from resilient_tx.config import TrainConfig
+
 #: How :func:`scale_lr` grows the learning rate with the batch.
 LrRule = Literal["sqrt", "linear"]
 M = TypeVar("M", bound=torch.nn.Module)
@@ -68,12 +70,11 @@ class Efficiency:
         return cls(device_data=True, compile=compile)
 
     @classmethod
-    def from_train_config(cls, cfg: Any, device: torch.device) -> Efficiency:
+    def from_train_config(cls, cfg: TrainConfig, device: torch.device) -> Efficiency:
         """The options a ``train:`` section asks for: ``efficient`` (auto | on | off; auto =
-        :meth:`fast` on CUDA, :meth:`baseline` on the CPU) and ``compile``. Read with
-        defaults, so a config without these fields means auto and no compilation."""
-        mode = getattr(cfg, "efficient", "auto")
-        compile_ = bool(getattr(cfg, "compile", False))
+        :meth:`fast` on CUDA, :meth:`baseline` on the CPU) and ``compile``."""
+        mode = cfg.efficient
+        compile_ = bool(cfg.compile)
         on = mode == "on" or (mode == "auto" and device.type == "cuda")
         return cls.fast(device, compile_) if on else replace(cls(), compile=compile_)
 
