@@ -6,8 +6,12 @@ Each image is tokenised with a shipped rate point; a seeded Bernoulli mask hides
 fills the same holes; the script prints PSNR of the decoded image against the original
 and the fill time per image, and writes JSON.
 
-    python simulations/bench_inpaint.py --limit 4                  # bundled/Kodak images
-    python simulations/bench_inpaint.py --device cuda --loss 0.5 --inpainters mim ar
+Without ``--images`` it runs on the photo bundled with the package; for the Kodak set,
+download kodim01..24.png into a folder and pass ``--images DIR``.
+
+    python simulations/bench_inpaint.py                            # the bundled photo
+    python simulations/bench_inpaint.py --images DIR --limit 4
+    python simulations/bench_inpaint.py --images DIR --device cuda --loss 0.5 --inpainters mim ar
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ from resilient_tx.codec.image_codec import Codec  # noqa: E402
 from resilient_tx.codec.inpaint import get_inpainter  # noqa: E402
 from resilient_tx.errors import ResilientTxError  # noqa: E402
 from resilient_tx.eval.metrics import psnr  # noqa: E402
-from resilient_tx.images import list_images, load_rgb  # noqa: E402
+from resilient_tx.images import load_rgb  # noqa: E402
 from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
 from resilient_tx.zoo.registry import get_model  # noqa: E402
+from simulations.sim_common import SAMPLES, fail, image_files, plain  # noqa: E402
 
-DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "kodak"
+PROG = "bench_inpaint.py"
 
 
 def loss_mask(h: int, w: int, loss: float, pattern: str, seed: int) -> torch.Tensor:
@@ -51,8 +56,10 @@ def loss_mask(h: int, w: int, loss: float, pattern: str, seed: int) -> torch.Ten
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--images", default=str(DEFAULT_IMAGES), help="folder of test images")
+    p = argparse.ArgumentParser(prog=PROG, description=plain(__doc__),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", metavar="DIR", default=str(SAMPLES),
+                   help="folder of test images (default: the bundled sample photo)")
     p.add_argument("--limit", type=int, default=4, help="first N images (0 = all)")
     p.add_argument("--rate", default="low")
     p.add_argument("--loss", type=float, default=0.3, help="share of tokens lost")
@@ -71,11 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = resolve_device(args.device)
         model = get_model(args.rate)
         codec = Codec(model, device)
-        files = list_images(args.images)[: args.limit or None]
+        files = image_files(args.images, args.limit)
         fillers = {n: get_inpainter(n, model, device, args.ar_window) for n in args.inpainters}
     except ResilientTxError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(PROG, str(exc))
     rows: dict[str, list[tuple[float, float]]] = {n: [] for n in fillers}
     for i, f in enumerate(tqdm(files, desc="images")):
         img = load_rgb(f)

@@ -1,11 +1,11 @@
-"""End-to-end latency and receiver throughput on loopback (issue 4 targets).
+"""End-to-end latency and receiver throughput on loopback.
 
 A real ``resilient-tx recv`` runs as a separate process; images are sent to it over the
 chosen transport. Latency is measured from the moment the sender starts encoding an image
 to the modification time of the PNG the receiver writes (same machine, same clock), so it
 includes encoding, packetizing, the network, decoding, inpainting and writing. Throughput
 sends ``--burst`` 256x256 crops back to back and divides by the time from the first send
-to the last PNG.
+to the last PNG. The image is the photo bundled with the package (768x512).
 
     python simulations/bench_latency.py                    # UDP, 5 latency runs, 20 crops
     python simulations/bench_latency.py --transport webrtc --sim-loss 0.3
@@ -34,6 +34,7 @@ from resilient_tx.resilience.endpoint import Sender  # noqa: E402
 from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
 from resilient_tx.transport import open_sender  # noqa: E402
 from resilient_tx.transport.channel import ChannelConfig, transmit  # noqa: E402
+from simulations.sim_common import plain  # noqa: E402
 
 
 def _start_receiver(args: argparse.Namespace, count: int, out: Path) -> subprocess.Popen:
@@ -75,7 +76,8 @@ def _run(args: argparse.Namespace, sender: Sender, images: list, gap: float,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="bench_latency.py", description=plain(__doc__),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--transport", choices=["udp", "webrtc"], default="udp")
     p.add_argument("--port", type=int, default=5077)
     p.add_argument("--runs", type=int, default=5, help="latency runs (default: 5)")

@@ -6,7 +6,11 @@ with what the encoder saw. Different thread counts change float summation order,
 CPU vs CUDA changes the maths libraries, so this is the closest stand-in for "sender and
 receiver on different machines" that one box can give (entropy module docstring).
 
-    python simulations/determinism_check.py                       # 1 thread -> 2 threads, Kodak
+Without ``--images`` it checks the photo bundled with the package; for the Kodak set,
+download kodim01..24.png into a folder and pass ``--images DIR``.
+
+    python simulations/determinism_check.py                       # 1 -> 2 threads, bundled photo
+    python simulations/determinism_check.py --images DIR          # the same on every image in DIR
     python simulations/determinism_check.py --decode-device cuda  # CPU -> CUDA, on a GPU box
 """
 
@@ -31,17 +35,18 @@ from tqdm import tqdm  # noqa: E402
 from resilient_tx.codec.container import EncodedImage  # noqa: E402
 from resilient_tx.codec.image_codec import Codec  # noqa: E402
 from resilient_tx.errors import ResilientTxError  # noqa: E402
-from resilient_tx.images import list_images, load_rgb  # noqa: E402
+from resilient_tx.images import load_rgb  # noqa: E402
 from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
 from resilient_tx.zoo.registry import available_rates, get_model  # noqa: E402
+from simulations.sim_common import SAMPLES, fail, image_files, plain  # noqa: E402
 
-DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "kodak"
+PROG = "determinism_check.py"
 
 
 def _encode_side(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     work = Path(args.work)
-    files = list_images(args.images)[: args.limit or None]
+    files = image_files(args.images, args.limit)
     for rate in args.rates:
         codec = Codec(get_model(rate), resolve_device(args.device))
         for f in tqdm(files, desc=f"encode {rate} ({args.threads} thr, {args.device})"):
@@ -81,8 +86,10 @@ def _run_side(side: str, args: argparse.Namespace, threads: int, device: str) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--images", default=str(DEFAULT_IMAGES), help="folder of test images")
+    p = argparse.ArgumentParser(prog=PROG, description=plain(__doc__),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", metavar="DIR", default=str(SAMPLES),
+                   help="folder of test images (default: the bundled sample photo)")
     p.add_argument("--rates", nargs="+", help="rate points (default: all shipped)")
     p.add_argument("--encode-threads", type=int, default=1)
     p.add_argument("--decode-threads", type=int, default=2)
@@ -103,12 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _decode_side(args)
         return _drive(args)
     except ResilientTxError as exc:
-        print(f"determinism_check: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(PROG, str(exc))
 
 
 def _drive(args: argparse.Namespace) -> int:
-    list_images(args.images)  # fail early with a clear message
+    image_files(args.images, args.limit)  # fail here, in one line, not in a child process
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         args.work = tmp

@@ -7,20 +7,16 @@ The oracle is the same codec with no loss at (1 - p) x the bytes on the wire, re
 the no-loss rate-distortion points of the shipped rate points (linear in bpp; flagged
 when outside their range).
 
-    python simulations/loss_sweep.py                          # bundled samples, both models
-    python simulations/loss_sweep.py --images ../shared/data/kodak --limit 8 --trials 2
-    python simulations/loss_sweep.py --loss-model gilbert --burst 4 --rates 0.3 0.5
-
-Writes OUT/loss_sweep.json, OUT/loss_sweep.csv, OUT/loss_sweep.png (PSNR and MS-SSIM
-against loss, ours with MIM inpainting vs JPEG and JPEG+FEC at the same bytes),
-OUT/inpainters.png (MIM vs neighbour vs none for the best FEC setting) and
-OUT/examples.png (reconstructions of the first image), and prints a table.
+A run is one (image, channel, FEC profile, context depth, trial) with all its inpainters
+and JPEG baselines; each is appended to the journal (:mod:`sweep_io`) when it finishes, and
+the JSON, CSV, table and figures (:mod:`sweep_plots`) are made from the journal at the end,
+so a stopped sweep resumes where it stopped. The seed of a run depends only on the run, so a
+resumed sweep gives the results of an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import functools
 import json
@@ -30,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -40,37 +37,27 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from resilient_tx.codec.image_codec import Codec  # noqa: E402
-from resilient_tx.codec.inpaint import get_inpainter  # noqa: E402
-from resilient_tx.config import DEFAULT_RATE  # noqa: E402
-from resilient_tx.errors import ResilientTxError  # noqa: E402
+from resilient_tx.codec.inpaint import Inpainter, get_inpainter  # noqa: E402
+from resilient_tx.errors import InputError, ResilientTxError  # noqa: E402
 from resilient_tx.eval import jpeg_baseline, metrics  # noqa: E402
-from resilient_tx.images import list_images, load_rgb  # noqa: E402
+from resilient_tx.images import load_rgb, save_rgb  # noqa: E402
 from resilient_tx.resilience import fec, reassembly  # noqa: E402
 from resilient_tx.resilience.packetizer import PacketizedImage, Packetizer  # noqa: E402
 from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
 from resilient_tx.transport import channel  # noqa: E402
 from resilient_tx.zoo.registry import available_rates, get_model  # noqa: E402
-
-SAMPLES = ROOT / "resilient_tx" / "samples"
-FOR_LOSS = "for_loss"  # FEC profile derived from the loss rate being simulated
-
-
-@dataclass(frozen=True)
-class Trial:
-    image: str
-    loss_model: str
-    loss: float
-    trial: int
-    fec: str
-    depth: int  # context depth (packetizer.py): 0 = full chain
-    inpainter: str
-    wire_bpp: float  # every packet sent, headers and parity included
-    received_fraction: float
-    tokens_inpainted: float  # fraction
-    unusable_fraction: float  # of the bytes received
-    psnr: float
-    ms_ssim: float
-    inpaint_s: float
+from simulations import sweep_io  # noqa: E402
+from simulations.sim_common import fail, image_files  # noqa: E402
+from simulations.sweep_args import FOR_LOSS, PROG, RUNTIME, parse_args  # noqa: E402
+from simulations.sweep_io import OraclePoint, RunKey, Trial  # noqa: E402
+from simulations.sweep_plots import (  # noqa: E402
+    EXAMPLES,
+    TUNED,
+    compare_setting,
+    plot_all,
+    plot_examples,
+    save_example,
+)
 
 
 def _profile(name: str, loss: float) -> fec.FecProfile:
@@ -87,8 +74,10 @@ def _quality(img: np.ndarray, recon: np.ndarray) -> tuple[float, float]:
 
 
 def run_point(codec: Codec, img: np.ndarray, name: str, sent: PacketizedImage,
-              cfg: channel.ChannelConfig, seed: int, inpainters: dict, label: dict,
-              examples: dict) -> list[Trial]:
+              cfg: channel.ChannelConfig, seed: int, inpainters: dict[str, Inpainter],
+              label: dict[str, Any]) -> tuple[list[Trial], dict[str, np.ndarray]]:
+    """One transmission of ``sent``, completed by each inpainter: its trials, and the
+    reconstruction of each inpainter by name."""
     raw = [bytes(p) for p in sent.packets]
     delivered, _ = channel.transmit(raw, cfg, seed)
     h, w = img.shape[:2]
@@ -103,28 +92,24 @@ def run_point(codec: Codec, img: np.ndarray, name: str, sent: PacketizedImage,
         rec_frac = rep.packets_received / len(sent.packets)
         unusable = rep.bytes_unusable / max(1, rep.bytes_received)
         inpainted = rep.tokens_inpainted / rep.tokens
-    out = []
+    out, recons = [], {}
     for iname, inp in inpainters.items():
         t0 = time.perf_counter()
         filled = inp.fill(tokens, known)
         dt = time.perf_counter() - t0
-        recon = codec.tokens_to_image(filled, w, h)
-        ps, ms = _quality(img, recon)
-        key = (label["loss_model"], label["loss"], f"{label['fec']}/d{label['depth']}", iname)
-        if label["trial"] == 0 and key not in examples:
-            examples[key] = recon
+        recons[iname] = codec.tokens_to_image(filled, w, h)
+        ps, ms = _quality(img, recons[iname])
         out.append(Trial(image=name, inpainter=iname, wire_bpp=wire_bpp,
                          received_fraction=rec_frac, tokens_inpainted=inpainted,
                          unusable_fraction=unusable, psnr=ps, ms_ssim=ms, inpaint_s=dt,
                          **label))
-    return out
+    return out, recons
 
 
 # Parity fractions tried for the tuned JPEG+FEC baseline ("jpeg+fec*"): per image, the
 # fraction with the best mean PSNR over the trials of a point is kept, so the classic codec
 # gets its best protection for that loss rate and byte budget in hindsight.
 JPEG_FRACTIONS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
-TUNED = "jpeg+fec*"
 
 
 @dataclass(frozen=True)
@@ -138,11 +123,11 @@ class JpegPair:
 
 
 def jpeg_for(img: np.ndarray, sent: PacketizedImage, max_packet: int) -> JpegPair:
-    """The classic baselines at the same total bytes as ``sent`` (issue 3, item 7)."""
+    """The classic baselines at the same total bytes as ``sent``."""
     parity = sum(1 for p in sent.packets if p.is_parity)
     frac = parity / max(1, len(sent.packets) - parity)
 
-    def at(fn):
+    def at(fn: jpeg_baseline.ParityFn | None) -> jpeg_baseline.JpegPackets | None:
         try:
             return jpeg_baseline.jpeg_at_bytes(img, sent.total_bytes, fn, max_packet)
         except ResilientTxError:
@@ -154,7 +139,7 @@ def jpeg_for(img: np.ndarray, sent: PacketizedImage, max_packet: int) -> JpegPai
 
 
 def run_jpeg(img: np.ndarray, name: str, pair: JpegPair, cfg: channel.ChannelConfig,
-             seed: int, label: dict) -> list[Trial]:
+             seed: int, label: dict[str, Any]) -> list[Trial]:
     out = []
     h, w = img.shape[:2]
     runs = [("jpeg", pair.plain), ("jpeg+fec", pair.with_fec),
@@ -184,21 +169,18 @@ def tuned_jpeg(trials: list[Trial]) -> list[Trial]:
     return out
 
 
-def oracle(codecs: dict[str, Codec], images: dict[str, np.ndarray]) -> list[tuple[float, float,
-                                                                                  float]]:
-    """(wire bpp, PSNR, MS-SSIM) means with no loss and no FEC, per shipped rate point
-    (k-means points included: they extend the curve below the lowest trained point)."""
-    pts = []
-    for codec in codecs.values():
-        pk = Packetizer(codec, fec.get_profile("none"), context_depth=0)
-        rows = []
-        for img in images.values():
-            sent = pk.packetize(img, 0)
-            recon = codec.tokens_to_image(sent.tokens, img.shape[1], img.shape[0])
-            rows.append((metrics.bpp(sent.total_bytes, img.shape[1], img.shape[0]),
-                         *_quality(img, recon)))
-        pts.append(tuple(_nanmean([r[i] for r in rows]) for i in range(3)))
-    return sorted(pts)
+def oracle_point(codec: Codec, images: dict[str, np.ndarray], bar: tqdm) -> OraclePoint:
+    """(wire bpp, PSNR, MS-SSIM) means of one rate point with no loss and no FEC."""
+    pk = Packetizer(codec, fec.get_profile("none"), context_depth=0)
+    rows = []
+    for img in images.values():
+        sent = pk.packetize(img, 0)
+        recon = codec.tokens_to_image(sent.tokens, img.shape[1], img.shape[0])
+        rows.append((metrics.bpp(sent.total_bytes, img.shape[1], img.shape[0]),
+                     *_quality(img, recon)))
+        bar.update(1)
+    return (_nanmean([r[0] for r in rows]), _nanmean([r[1] for r in rows]),
+            _nanmean([r[2] for r in rows]))
 
 
 @functools.cache
@@ -206,13 +188,13 @@ def _db_per_doubling() -> float:
     return fec.distortion_model().db_per_doubling  # read once, not once per table row
 
 
-def oracle_at(points: list[tuple[float, float, float]], bpp: float) -> tuple[float, float, bool]:
+def oracle_at(points: Sequence[OraclePoint], bpp: float) -> tuple[float, float, bool]:
     """(PSNR, MS-SSIM, inside) of the oracle at ``bpp``: linear between the rate points.
 
     Above the top point the PSNR is extrapolated along the codec's rate-distortion slope
     (``db_per_doubling`` of configs/fec.yaml, measured low -> high): clamping there would
     flatter a scheme that spends many bytes on parity. MS-SSIM stays clamped. Below the
-    bottom point both are clamped (k-means points reach 0.05 bpp, far below any sweep).
+    bottom point both are clamped (k-means points reach far below any sweep).
     """
     xs = [p[0] for p in points]
     psnr = float(np.interp(bpp, xs, [p[1] for p in points]))
@@ -227,7 +209,7 @@ def _nanmean(xs: list[float]) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def summarise(trials: list[Trial]) -> list[dict]:
+def summarise(trials: list[Trial]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[Trial]] = defaultdict(list)
     for t in [*trials, *tuned_jpeg(trials)]:
         if not t.inpainter.startswith(TUNED + "@"):  # per-fraction runs: in the JSON only
@@ -243,7 +225,8 @@ def summarise(trials: list[Trial]) -> list[dict]:
     return rows
 
 
-def print_table(rows: list[dict], oracle_pts) -> None:
+def print_table(rows: list[dict[str, Any]], oracle_pts: Sequence[OraclePoint],
+                oracle_rates: Sequence[str] = ()) -> None:
     hdr = (f"{'model':<10}{'loss':>5} {'fec':<9}{'d':>2} {'inpaint':<9}{'wire bpp':>9}{'recv':>6}"
            f"{'inpainted':>10}{'unusable':>9}{'PSNR':>7}{'min':>7}{'MS-SSIM':>8}{'oracle':>8}"
            f"{'gap':>6}{'runs':>6}{'fill s':>8}")
@@ -258,90 +241,41 @@ def print_table(rows: list[dict], oracle_pts) -> None:
               f"{r['ms_ssim']:>8.4f}{o_psnr:>7.2f}{'' if inside else '*':1}"
               f"{o_psnr - r['psnr']:>6.2f}{r['n']:>6}"
               f"{r['inpaint_s']:>8.3f}")
-    print("oracle: no-loss PSNR at (1-p) x wire bpp, interpolated between the shipped rate "
-          "points (* = above them: extrapolated at db_per_doubling of configs/fec.yaml); "
-          "gap: oracle - PSNR. jpeg+fec: our parity fraction; jpeg+fec*: per image the best "
-          f"of parity fractions {JPEG_FRACTIONS}. runs: image x trial pairs averaged; JPEG "
-          "rows have fewer where even quality 1 plus parity exceeds our bytes. fill s: "
-          "inpainting seconds per image (mean)")
+    among = f" ({', '.join(oracle_rates)})" if oracle_rates else ""
+    print(f"oracle: no-loss PSNR at (1-p) x wire bpp, interpolated between the rate points{among} "
+          "(* = outside them: above, extrapolated at db_per_doubling of configs/fec.yaml); "
+          "gap: oracle - PSNR. runs: image x trial pairs averaged. fill s: inpainting seconds "
+          "per image (mean).")
+    if any(r["inpainter"].startswith("jpeg") for r in rows):
+        print("jpeg+fec: our parity fraction; jpeg+fec*: per image the best of parity "
+              f"fractions {JPEG_FRACTIONS}. JPEG rows have fewer runs where even quality 1 "
+              "plus parity exceeds our bytes.")
 
 
-STYLES = {"mim": "o-", "ar": "x--", "neighbor": "^-", "none": "v:", "jpeg": "s--",
-          "jpeg+fec": "d-.", TUNED: "P-."}
+# ----------------------------------------------------------------------------- the runs
+@dataclass(frozen=True)
+class Run:
+    """One transmission to simulate; ``index`` is the image's place in the list (seed)."""
 
+    index: int
+    image: str
+    loss_model: str
+    loss: float
+    cfg: channel.ChannelConfig
+    fec: str
+    depth: int
+    trial: int
 
-def plot(rows: list[dict], path: Path, want, title: str) -> None:
-    """PSNR and MS-SSIM against loss, one column per loss model, for the rows ``want``
-    keeps. One colour per (FEC profile, depth); line style by method (:data:`STYLES`)."""
-    import matplotlib
+    @property
+    def key(self) -> RunKey:
+        return (self.image, self.loss_model, self.loss, self.fec, self.depth, self.trial)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def seed(self, base: int) -> int:
+        return base * 1_000_003 + self.index * 10_007 + self.trial * 101 + int(self.loss * 1000)
 
-    kept = [r for r in rows if want(r)]
-    settings = sorted({(r["fec"], r["depth"]) for r in kept})
-    colour = {fd: plt.get_cmap("tab10")(i % 10) for i, fd in enumerate(settings)}
-    models = sorted({r["loss_model"] for r in kept})
-    fig, axes = plt.subplots(2, len(models), figsize=(6.5 * len(models), 8), squeeze=False)
-    for col, lm in enumerate(models):
-        series: dict[tuple, list[dict]] = defaultdict(list)
-        for r in kept:
-            if r["loss_model"] == lm:
-                series[(r["fec"], r["depth"], r["inpainter"])].append(r)
-        for (f, d, method), pts in sorted(series.items()):
-            pts.sort(key=lambda r: r["loss"])
-            bpp = np.mean([r["wire_bpp"] for r in pts])
-            for row, key in ((0, "psnr"), (1, "ms_ssim")):
-                axes[row][col].plot([100 * r["loss"] for r in pts], [r[key] for r in pts],
-                                    STYLES.get(method, "o-"), color=colour[(f, d)], ms=3,
-                                    label=f"{method}, FEC {f}, depth {d} ({bpp:.3f} bpp)")
-        for row, name in ((0, "PSNR (dB)"), (1, "MS-SSIM")):
-            ax = axes[row][col]
-            ax.set_title(f"{lm} loss")
-            ax.set_xlabel("packet loss (%)")
-            ax.set_ylabel(name)
-            ax.grid(alpha=0.3)
-        axes[0][col].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_all(rows: list[dict], out: Path) -> None:
-    depth = max((r["depth"] for r in rows), default=0)
-    plot(rows, out / "loss_sweep.png",
-         lambda r: r["depth"] == depth and r["inpainter"] in ("mim", "jpeg", "jpeg+fec", TUNED),
-         f"resilient-tx (MIM inpainting, context depth {depth}) vs JPEG at the same bytes")
-    scored = [((r["fec"], r["depth"]), r["psnr"]) for r in rows if r["inpainter"] == "mim"]
-    if not scored:
-        return
-    best = max({fd for fd, _ in scored},
-               key=lambda fd: _nanmean([v for k, v in scored if k == fd]))
-    plot(rows, out / "inpainters.png",
-         lambda r: (r["fec"], r["depth"]) == best and "jpeg" not in r["inpainter"],
-         f"inpainters compared at FEC {best[0]}, context depth {best[1]}")
-
-
-def plot_examples(img: np.ndarray, examples: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = sorted(examples)[:11]
-    fig, axes = plt.subplots(3, 4, figsize=(16, 8))
-    axes = axes.ravel()
-    axes[0].imshow(img)
-    axes[0].set_title("original", fontsize=8)
-    for ax, key in zip(axes[1:], keys, strict=False):
-        ax.imshow(examples[key])
-        ax.set_title(f"{key[0]} {key[1]:.0%} {key[2]} {key[3]}", fontsize=8)
-    for ax in axes:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    def label(self) -> dict[str, Any]:
+        return {"loss_model": self.loss_model, "loss": self.loss, "trial": self.trial,
+                "fec": self.fec, "depth": self.depth}
 
 
 def _channel_configs(args: argparse.Namespace) -> list[tuple[str, float, channel.ChannelConfig]]:
@@ -355,112 +289,195 @@ def _channel_configs(args: argparse.Namespace) -> list[tuple[str, float, channel
     return out
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--images", default=str(SAMPLES), help="image folder (default: bundled samples)")
-    p.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
-    p.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5],
-                   help="packet loss rates (default: 0.1 .. 0.5)")
-    p.add_argument("--trials", type=int, default=2, help="seeded trials per point (default: 2)")
-    p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
-    p.add_argument("--loss-model", choices=["bernoulli", "gilbert", "both"], default="both")
-    p.add_argument("--burst", type=float, default=4.0,
-                   help="mean burst length for gilbert loss (default: 4)")
-    p.add_argument("--rate", default=DEFAULT_RATE,
-                   help="codec rate point (default: %(default)s, the one send uses)")
-    p.add_argument("--fec", nargs="+", default=["none", "light", "strong", FOR_LOSS],
-                   help="FEC profiles (default: none light strong for_loss)")
-    p.add_argument("--context-depth", type=int, nargs="+", default=[0, 2],
-                   help="context depths (0 = full chain, c = later stages see stages 1..c "
-                   "only); default: 0 2")
-    p.add_argument("--max-packet", type=int, default=1200, help="packet size limit in bytes")
-    p.add_argument("--inpainters", nargs="+", default=["mim", "ar", "neighbor", "none"])
-    p.add_argument("--ar-window", type=int, help="AR inpainter window in tokens per side "
-                   "(default: the prior's)")
-    p.add_argument("--replot", metavar="DIR", help="only redraw the plots and reprint the "
-                   "table from DIR/loss_sweep.json of an earlier run")
-    p.add_argument("--no-jpeg", action="store_true", help="skip the JPEG baselines")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: %(default)s)")
-    p.add_argument("--out", default="out/loss_sweep", help="output folder")
-    return p.parse_args(argv)
+def plan(names: Sequence[str], args: argparse.Namespace) -> list[Run]:
+    """Every run of the sweep, in the order they are done (image by image)."""
+    return [Run(i, name, lm, p, cfg, f, d, t)
+            for i, name in enumerate(names) for lm, p, cfg in _channel_configs(args)
+            for f in args.fec for d in args.context_depth for t in range(args.trials)]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every run needs: the loaded images, codec and inpainters, and where to write."""
+
+    args: argparse.Namespace
+    images: dict[str, np.ndarray]
+    codec: Codec
+    inpainters: dict[str, Inpainter]
+    device: torch.device
+    out: Path
+
+    @property
+    def journal(self) -> Path:
+        return self.out / sweep_io.JOURNAL
+
+    def example_run(self, run: Run) -> bool:
+        """Whether ``run`` is drawn in examples.png: the first image, first trial and first
+        loss model, at the setting the inpainters are compared at."""
+        lm = "gilbert" if self.args.loss_model == "gilbert" else "bernoulli"  # the first
+        fd = compare_setting(self.args.fec, self.args.context_depth, self.args.compare_fec)
+        return (run.index, run.trial, run.loss_model, (run.fec, run.depth)) == (0, 0, lm, fd)
+
+
+def _encoded(s: Setup, cache: dict[tuple, tuple[PacketizedImage, JpegPair]],
+             run: Run, img: np.ndarray) -> tuple[PacketizedImage, JpegPair]:
+    """The packets of ``run``'s image and FEC setting, and its JPEG baselines (cached per
+    image: every loss model, trial and loss rate but for_loss's reuse them)."""
+    key = (run.fec, run.depth, run.loss if run.fec == FOR_LOSS else None)
+    if key not in cache:
+        sent = Packetizer(s.codec, _profile(run.fec, run.loss), max_packet=s.args.max_packet,
+                          context_depth=run.depth).packetize(img, run.index)
+        pair = JpegPair(None, None) if s.args.no_jpeg else jpeg_for(img, sent,
+                                                                    s.args.max_packet)
+        cache[key] = (sent, pair)
+    return cache[key]
+
+
+def sweep(s: Setup, todo: list[Run], bar: tqdm) -> None:
+    """Do ``todo``, appending each run to the journal as it finishes."""
+    cache: dict[tuple, tuple[PacketizedImage, JpegPair]] = {}
+    current = None
+    for run in todo:
+        if run.image != current:  # a new image: its packets replace the last one's
+            cache.clear()
+            current = run.image
+        img = s.images[run.image]
+        sent, pair = _encoded(s, cache, run, img)
+        seed = run.seed(s.args.seed)
+        trials, recons = run_point(s.codec, img, run.image, sent, run.cfg, seed, s.inpainters,
+                                   run.label())
+        trials += run_jpeg(img, run.image, pair, run.cfg, seed, run.label())
+        if s.example_run(run):  # saved before the journal line: a resumed run has its PNGs
+            for name, recon in recons.items():
+                save_example(s.out, run.loss, name, recon)
+        sweep_io.append_run(s.journal, run.key, trials)
+        bar.update(1)
+
+
+def _check(args: argparse.Namespace) -> None:
+    for p in args.rates:
+        if not 0 <= p < 1:
+            raise InputError(f"loss rates must be in [0, 1), got {p}")
+    if args.trials < 1:
+        raise InputError(f"--trials must be >= 1, got {args.trials}")
+    for f in args.fec:
+        _profile(f, 0.1)  # unknown names fail here, before hours of work
+    if args.compare_fec is not None and args.compare_fec not in args.fec:
+        raise InputError(f"--compare-fec {args.compare_fec} is not one of --fec {args.fec}")
+
+
+def setup(args: argparse.Namespace) -> Setup:
+    """Check the arguments and load everything, so mistakes fail before the long part."""
+    _check(args)
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    files = image_files(args.images, args.limit)
+    codec = Codec(get_model(args.rate), device)  # ModelNotFoundError names the choices
+    inpainters = {n: get_inpainter(n, codec.model, device, args.ar_window)
+                  for n in args.inpainters}
+    for r in args.oracle_rates or ():
+        get_model(r)
+    images = {f.stem: load_rgb(f) for f in files}
+    return Setup(args, images, codec, inpainters, device, Path(args.out))
+
+
+# ----------------------------------------------------------------------------- main
+def _oracle(s: Setup, journal: sweep_io.Journal, hide: bool) -> tuple[list[str],
+                                                                        list[OraclePoint]]:
+    """The oracle's rate points and values: from the journal when it has them for these
+    rate points and images, else encoded now (and journaled)."""
+    rates = list(s.args.oracle_rates or available_rates())
+    names = list(s.images)
+    old = journal.oracle
+    if old is not None and old["rates"] == rates and old["images"] == names:
+        return rates, [(p[0], p[1], p[2]) for p in old["points"]]
+    bar = tqdm(total=len(rates) * len(names), desc="reference encodes (oracle)", unit="image",
+               disable=hide)
+    with bar:
+        pts = sorted(oracle_point(Codec(get_model(r), s.device), s.images, bar) for r in rates)
+    sweep_io.append_oracle(s.journal, rates, names, pts)
+    return rates, pts
+
+
+def _open_journal(s: Setup) -> sweep_io.Journal:
+    """The journal to continue (--resume), or a new one; a new sweep's examples go."""
+    if s.args.resume:
+        sweep_io.compact_journal(s.journal)
+        return sweep_io.read_journal(s.journal)
+    for old in (s.out / EXAMPLES).glob("*.png"):
+        old.unlink()
+    sweep_io.start_journal(s.journal, {k: v for k, v in vars(s.args).items()
+                                       if k not in RUNTIME})
+    return sweep_io.read_journal(s.journal)
+
+
+def finish(s: Setup, runs: list[Run], oracle_rates: list[str],
+           oracle_pts: list[OraclePoint]) -> None:
+    """JSON, CSV, figures and table, all from the journal's runs of this sweep."""
+    done = sweep_io.read_journal(s.journal).runs
+    trials = [t for run in runs for t in done[run.key]]
+    rows = summarise(trials)
+    sweep_io.write_results(s.out, {"args": vars(s.args), "codec_rate": s.codec.model.name,
+                                   "oracle_rates": oracle_rates, "oracle_points": oracle_pts},
+                           rows, trials)
+    _figures(s.out, rows, vars(s.args), next(iter(s.images.values())))
+    print_table(rows, oracle_pts, oracle_rates)
+    print(f"wrote {s.out}/loss_sweep.json, loss_sweep.csv, loss_sweep.png, inpainters.png, "
+          f"examples.png (journal: {s.journal})")
+
+
+def _figures(out: Path, rows: list[dict[str, Any]], args: dict[str, Any],
+             original: np.ndarray) -> None:
+    """Every figure; examples.png shows the first loss model's run (see Setup.example_run)."""
+    figs = plot_all(rows, out, args.get("compare_fec"))
+    lm = "gilbert" if args["loss_model"] == "gilbert" else "bernoulli"
+    plot_examples(out, original, sorted(args["rates"]), args["inpainters"],
+                  f"first image, trial 0, {lm} loss, FEC {figs.compare_fec}, "
+                  f"context depth {figs.compare_depth}")
 
 
 def replot(out: Path) -> int:
-    """Plots and table again from a finished run, without re-running anything."""
+    """Figures and table again from a finished run, without re-running anything."""
     try:
         data = json.loads((out / "loss_sweep.json").read_text())
         rows, oracle_pts = data["summary"], [tuple(p) for p in data["oracle_points"]]
+        args = data["args"]
     except (OSError, ValueError, KeyError) as exc:
-        print(f"loss_sweep: error: {out}/loss_sweep.json: {exc}", file=sys.stderr)
-        return 2
-    plot_all(rows, out)
-    print_table(rows, oracle_pts)
-    print(f"redrew {out}/loss_sweep.png and inpainters.png")
+        return fail(PROG, f"{out}/loss_sweep.json: {exc}")
+    original = out / EXAMPLES / "original.png"
+    if original.is_file():
+        _figures(out, rows, args, load_rgb(original))
+    else:  # a run from before the examples folder: no example images to redraw
+        plot_all(rows, out, args.get("compare_fec"))
+    print_table(rows, oracle_pts, data.get("oracle_rates", ()))
+    print(f"redrew the figures in {out}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.replot:
-        return replot(Path(args.replot))
     try:
-        set_threads(args.threads)
-        device = resolve_device(args.device)
-        for p in args.rates:
-            if not 0 <= p < 1:
-                raise ResilientTxError(f"loss rates must be in [0, 1), got {p}")
-        images = {f.stem: load_rgb(f) for f in list_images(args.images)[: args.limit or None]}
-        codec = Codec(get_model(args.rate), device)  # ModelNotFoundError names the choices
-        inpainters = {n: get_inpainter(n, codec.model, device, args.ar_window)
-                      for n in args.inpainters}
-        configs = _channel_configs(args)
-        for f in args.fec:
-            _profile(f, 0.1)  # unknown names fail here, before hours of work
+        args = parse_args(argv)
+        if args.replot:
+            return replot(Path(args.replot))
+        s = setup(args)
+        s.out.mkdir(parents=True, exist_ok=True)
+        journal = _open_journal(s)
     except ResilientTxError as exc:
-        print(f"loss_sweep: error: {exc}", file=sys.stderr)
-        return 2
-    trials: list[Trial] = []
-    examples: dict = {}
-    total = len(images) * len(configs) * len(args.fec) * len(args.context_depth) * args.trials
-    bar = tqdm(total=total, desc="loss sweep", unit="run")
-    for i, (name, img) in enumerate(images.items()):
-        cache: dict = {}
-        for lm, p, cfg in configs:
-            for f, d in ((f, d) for f in args.fec for d in args.context_depth):
-                key = (f, d, p if f == FOR_LOSS else None)
-                if key not in cache:
-                    sent = Packetizer(codec, _profile(f, p), max_packet=args.max_packet,
-                                      context_depth=d).packetize(img, i)
-                    pair = (JpegPair(None, None) if args.no_jpeg
-                            else jpeg_for(img, sent, args.max_packet))
-                    cache[key] = (sent, pair)
-                sent, pair = cache[key]
-                for t in range(args.trials):
-                    label = {"loss_model": lm, "loss": p, "trial": t, "fec": f, "depth": d}
-                    seed = args.seed * 1_000_003 + i * 10_007 + t * 101 + int(p * 1000)
-                    ex = examples if i == 0 else {}
-                    trials += run_point(codec, img, name, sent, cfg, seed, inpainters,
-                                        label, ex)
-                    trials += run_jpeg(img, name, pair, cfg, seed, label)
-                    bar.update(1)
-    bar.close()
-    rows = summarise(trials)
-    oracle_pts = oracle({r: Codec(get_model(r), device) for r in available_rates()}, images)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "loss_sweep.json").write_text(json.dumps(
-        {"args": vars(args), "codec_rate": codec.model.name, "oracle_points": oracle_pts,
-         "summary": rows, "trials": [dataclasses.asdict(t) for t in trials]}, indent=1))
-    with (out / "loss_sweep.csv").open("w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
-    plot_all(rows, out)
-    plot_examples(next(iter(images.values())), examples, out / "examples.png")
-    print_table(rows, oracle_pts)
-    print(f"wrote {out}/loss_sweep.json, loss_sweep.csv, loss_sweep.png, inpainters.png, "
-          "examples.png")
+        return fail(PROG, str(exc))
+    runs = plan(list(s.images), args)
+    todo = [r for r in runs if r.key not in journal.runs]
+    save_rgb(next(iter(s.images.values())), s.out / EXAMPLES / "original.png")
+    hide = args.quiet or not sys.stderr.isatty()
+    try:
+        with tqdm(total=len(runs), initial=len(runs) - len(todo), desc="loss sweep",
+                  unit="run", disable=hide) as bar:
+            sweep(s, todo, bar)
+        oracle_rates, oracle_pts = _oracle(s, journal, hide)
+    except KeyboardInterrupt:
+        print(f"{PROG}: stopped; the finished runs are kept in {s.journal}: run the same "
+              "command with --resume to continue", file=sys.stderr)
+        return 130
+    finish(s, runs, oracle_rates, oracle_pts)
     return 0
 
 

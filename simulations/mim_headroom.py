@@ -1,4 +1,4 @@
-"""Where the MIM's bits go, and what cheap changes to it would buy (issue 2's saving target).
+"""Where the MIM's bits go, and what cheap changes to it would buy.
 
 The PQ-MIM paper (Sec. 4.2, Table 2) reports that quincunx MIM coding saves 27 % of the
 bits of marginal coding. This script measures, per rate point, on evaluation images:
@@ -24,9 +24,14 @@ bits of marginal coding. This script measures, per rate point, on evaluation ima
     given the earlier stages' choices after), for each lambda. Reports bpp, the saving over
     marginal coding of the chosen tokens, and PSNR. (The decoder would need no change.)
 
-    python simulations/mim_headroom.py                        # Kodak, low, every probe
-    python simulations/mim_headroom.py --rates low high --probes stages flips
-    python simulations/mim_headroom.py --probes rdoq --lambdas 0 0.005 0.01 0.02 --limit 8
+Evaluation images default to the photo bundled with the package (``--images DIR`` for
+Kodak). ``subcond`` trains on other photos, ``--train-images DIR`` (e.g. BSDS500); without
+it the default probes leave ``subcond`` out.
+
+    python simulations/mim_headroom.py                        # bundled photo, low
+    python simulations/mim_headroom.py --images DIR --train-images TRAIN   # every probe
+    python simulations/mim_headroom.py --images DIR --rates low high --probes stages flips
+    python simulations/mim_headroom.py --images DIR --probes rdoq --lambdas 0 0.005 0.01 --limit 8
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -48,18 +54,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from resilient_tx.app.derive_rate import TRAINING_HINT, training_dir  # noqa: E402
 from resilient_tx.codec import entropy  # noqa: E402
 from resilient_tx.codec.image_codec import Codec  # noqa: E402
 from resilient_tx.codec.partition import quincunx_stages  # noqa: E402
 from resilient_tx.errors import InputError, ResilientTxError  # noqa: E402
 from resilient_tx.eval.metrics import psnr  # noqa: E402
-from resilient_tx.images import list_images, load_rgb, to_tensor, to_uint8  # noqa: E402
+from resilient_tx.images import load_rgb, to_tensor, to_uint8  # noqa: E402
 from resilient_tx.model import pad_to_multiple  # noqa: E402
 from resilient_tx.runtime import set_threads  # noqa: E402
 from resilient_tx.zoo.registry import get_model  # noqa: E402
+from simulations.sim_common import SAMPLES, fail, image_files, plain  # noqa: E402
 
-DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "kodak"
-DEFAULT_TRAIN = ROOT.parent / "shared" / "data" / "bsds500" / "train"
+PROG = "mim_headroom.py"
 PROBES = ("stages", "flips", "subcond", "nstages", "rdoq")
 LN2 = math.log(2.0)
 
@@ -94,7 +101,7 @@ def probe_stages(codec: Codec, images: list[np.ndarray]) -> dict:
         _, h, w = tokens.shape
         grid = codec.stage_map(h, w)
         for s, pos in enumerate(codec.stages(h, w), start=1):
-            sym = codec._stage_symbols(tokens, pos)
+            sym = _targets(tokens, torch.from_numpy(pos)).contiguous()  # (n, M), coding order
             cdf = codec.stage_cdfs(tokens, s, pos, grid >= s)
             marg = codec.marginal_cdf.unsqueeze(0).expand(len(pos), -1, -1)
             mim_bits[s] = mim_bits.get(s, 0.0) + float(entropy.code_lengths(cdf, sym).sum())
@@ -142,15 +149,16 @@ class ConditionedHeads(nn.Module):
 
     def __init__(self, shipped: nn.ModuleList, codebook_size: int, condition: bool) -> None:
         super().__init__()
-        m, dim = len(shipped), shipped[0].in_features
+        m, dim = len(shipped), cast(nn.Linear, shipped[0]).in_features
         self.heads = nn.ModuleList(nn.Linear(dim, codebook_size) for _ in range(m))
         for head, old in zip(self.heads, shipped, strict=True):
             head.load_state_dict(old.state_dict())
         self.condition = condition
         # E[m][j] embeds q^j for head m (j < m); zero, so training starts at the shipped model.
-        self.embed = nn.ModuleList(nn.Embedding(codebook_size, dim) for _ in range(m * m))
-        for e in self.embed:
+        embed = [nn.Embedding(codebook_size, dim) for _ in range(m * m)]
+        for e in embed:
             nn.init.zeros_(e.weight)
+        self.embed = nn.ModuleList(embed)
 
     def forward(self, feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         m = len(self.heads)
@@ -188,7 +196,7 @@ def probe_subcond(codec: Codec, images: list[np.ndarray], train: list[np.ndarray
                   epochs: int, seed: int) -> dict:
     tr_x, tr_y = _features(codec, train)
     ev_x, ev_y = _features(codec, images)
-    shipped = codec.model.net.mim.heads
+    shipped = cast(nn.ModuleList, codec.model.net.mim.heads)
     out: dict[str, float | int] = {"train_sub_indices": tr_y.numel(),
                                    "eval_sub_indices": ev_y.numel()}
     for name, condition in (("heads_retrained", False), ("sub_index_conditioned", True)):
@@ -275,11 +283,8 @@ def probe_rdoq(codec: Codec, images: list[np.ndarray], lambdas: Sequence[float])
 
 
 # ----------------------------------------------------------------------------- cli
-def _load(folder: Path, limit: int) -> list[np.ndarray]:
-    files = list_images(folder)[: limit or None]
-    if not files:
-        raise InputError(f"no images in {folder}")
-    return [load_rgb(f) for f in files]
+def _load(folder: Path, limit: int, flag: str = "--images") -> list[np.ndarray]:
+    return [load_rgb(f) for f in image_files(folder, limit, flag)]
 
 
 def _print(rate: str, res: dict) -> None:
@@ -310,14 +315,16 @@ def _print(rate: str, res: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=PROG, description=plain(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="evaluation images")
+    p.add_argument("--images", metavar="DIR", type=Path, default=SAMPLES,
+                   help="evaluation images (default: the bundled sample photo)")
     p.add_argument("--limit", type=int, default=0, help="first N evaluation images (0 = all)")
     p.add_argument("--rates", nargs="+", default=["low"], help="shipped rate points")
-    p.add_argument("--probes", nargs="+", choices=PROBES, default=list(PROBES))
-    p.add_argument("--train-images", type=Path, default=DEFAULT_TRAIN,
-                   help="training images for the subcond heads (never Kodak)")
+    p.add_argument("--probes", nargs="+", choices=PROBES,
+                   help="probes to run (default: all; subcond only with --train-images)")
+    p.add_argument("--train-images", metavar="DIR", type=Path,
+                   help="training images for the subcond heads, never Kodak (e.g. BSDS500)")
     p.add_argument("--train-limit", type=int, default=200, help="first N training images")
     p.add_argument("--epochs", type=int, default=4, help="subcond training epochs")
     p.add_argument("--stage-counts", nargs="+", type=int, default=[5, 6, 7, 8],
@@ -329,16 +336,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _probes(args: argparse.Namespace) -> list[str]:
+    """The probes to run: those asked for, else all (subcond only with training images)."""
+    if args.probes is None:
+        if args.train_images is None:
+            print(f"{PROG}: subcond left out: it needs --train-images DIR", file=sys.stderr)
+        return [p for p in PROBES if p != "subcond" or args.train_images is not None]
+    if "subcond" in args.probes and args.train_images is None:
+        raise InputError("the subcond probe trains on photos that are not the evaluation set: "
+                         + TRAINING_HINT.format(flag="--train-images"))
+    return list(args.probes)
+
+
+def _train(args: argparse.Namespace) -> list[np.ndarray]:
+    """The subcond probe's training images (none when it does not run)."""
+    if "subcond" not in args.probes:
+        return []
+    if "kodak" in str(args.train_images).lower():
+        raise InputError("refusing to train the subcond heads on Kodak: it is the evaluation set")
+    folder = training_dir(args.train_images, "--train-images")
+    return _load(folder, args.train_limit, "--train-images")
+
+
 def run(args: argparse.Namespace) -> dict:
     set_threads(args.threads)
     if args.limit < 0 or args.train_limit < 0 or args.epochs < 0:
         raise InputError("--limit, --train-limit and --epochs must be >= 0")
     if min(args.stage_counts) < 2:
         raise InputError("--stage-counts must all be >= 2")
-    if "subcond" in args.probes and "kodak" in str(args.train_images).lower():
-        raise InputError("refusing to train the subcond heads on Kodak: it is the evaluation set")
+    args.probes = _probes(args)
+    train = _train(args)
     images = _load(args.images, args.limit)
-    train = _load(args.train_images, args.train_limit) if "subcond" in args.probes else []
     results: dict[str, dict] = {}
     for rate in args.rates:
         codec = Codec(get_model(rate))
@@ -366,8 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(args)
     except ResilientTxError as exc:
-        print(f"mim_headroom: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(PROG, str(exc))
     return 0
 
 

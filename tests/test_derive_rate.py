@@ -60,3 +60,15 @@ def test_cli_derive_rate_refuses_kodak(tmp_path, crop, capsys) -> None:
                  "-o", str(tmp_path / "x.pt")]) == 2
     assert "Kodak" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_cli_derive_rate_says_where_to_get_training_images(tmp_path, monkeypatch,
+                                                           capsys) -> None:
+    # A fresh clone has no ../shared/data/bsds500: the default is missing.
+    from resilient_tx.app import derive_rate
+
+    monkeypatch.setattr(derive_rate, "DEFAULT_DATA", tmp_path / "bsds500")
+    assert main(["derive-rate", "--k", "8", "-o", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "BSDS500" in err and "--data DIR" in err
+    assert not (tmp_path / "x.pt").exists()

@@ -1,6 +1,6 @@
 """Encode with 1 thread in one process, decode with 2 threads in another: identical tokens.
 
-The full 24-image Kodak run is ``python simulations/determinism_check.py`` (README); this
+The full Kodak run is ``python simulations/determinism_check.py --images DIR`` (README); this
 is the same script on the bundled sample and two odd-sized crops of it, so CI checks the
 cross-process, cross-thread-count path on every change.
 """

@@ -1,9 +1,12 @@
-"""The channel-simulator sweep, simulations/loss_sweep.py (its oracle and a tiny real run)."""
+"""The channel-simulator sweep, simulations/loss_sweep.py: its oracle, tiny real runs with
+every inpainter subset, stopping and resuming, and its command line."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -11,12 +14,32 @@ from PIL import Image
 from resilient_tx.app.demo import sample_path
 from resilient_tx.images import load_rgb
 from resilient_tx.resilience import fec
+from simulations import sweep_io
 from tests.helpers import load_simulation
+
+OUTPUTS = ("runs.jsonl", "loss_sweep.json", "loss_sweep.csv", "loss_sweep.png",
+           "inpainters.png", "examples.png")
 
 
 @pytest.fixture(scope="module")
-def sweep():
+def sweep() -> ModuleType:
     return load_simulation("loss_sweep")
+
+
+@pytest.fixture(scope="module")
+def crop_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding one small crop of the bundled sample (8 x 12 tokens)."""
+    images = tmp_path_factory.mktemp("images")
+    Image.fromarray(load_rgb(sample_path())[:128, :192]).save(images / "crop.png")
+    return images
+
+
+def tiny(images: Path, out: Path, *extra: str) -> list[str]:
+    """Arguments of a sweep that takes seconds: one crop, one channel, one FEC setting, one
+    trial, the oracle read off one rate point."""
+    return ["--images", str(images), "--rates", "0.4", "--trials", "1", "--loss-model",
+            "bernoulli", "--fec", "light", "--context-depth", "2", "--oracle-rates", "low",
+            "--threads", "1", "--out", str(out), *extra]
 
 
 POINTS = [(0.1, 24.0, 0.85), (0.2, 25.0, 0.90)]
@@ -33,19 +56,17 @@ def test_oracle_extrapolates_psnr_above_the_top_point(sweep) -> None:
     assert psnr == pytest.approx(25.0 + slope) and ms_ssim == 0.90 and not inside
 
 
-def test_a_tiny_sweep_writes_every_output(sweep, tmp_path: Path) -> None:
-    images = tmp_path / "images"
-    images.mkdir()
-    Image.fromarray(load_rgb(sample_path())[:128, :192]).save(images / "crop.png")
+def test_a_tiny_sweep_writes_every_output(sweep, crop_dir: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    rc = sweep.main(["--images", str(images), "--rates", "0.3", "--trials", "2",
+    rc = sweep.main(["--images", str(crop_dir), "--rates", "0.3", "--trials", "2",
                      "--loss-model", "bernoulli", "--fec", "for_loss", "none",
                      "--context-depth", "2", "--inpainters", "mim", "none",
-                     "--threads", "1", "--out", str(out)])
+                     "--oracle-rates", "low", "high", "--threads", "1", "--out", str(out)])
     assert rc == 0
-    for name in ("loss_sweep.json", "loss_sweep.csv", "loss_sweep.png", "inpainters.png",
-                 "examples.png"):
+    for name in OUTPUTS:
         assert (out / name).stat().st_size > 0
+    assert "loss sweep" not in capsys.readouterr().err  # no progress bar off a terminal
     data = json.loads((out / "loss_sweep.json").read_text())
     rows = {(r["fec"], r["inpainter"]): r for r in data["summary"]}
     ours = {(f, i) for f in ("for_loss", "none") for i in ("mim", "none")}
@@ -71,3 +92,108 @@ def test_bad_arguments_fail_cleanly(sweep, capsys: pytest.CaptureFixture[str]) -
     assert sweep.main(["--fec", "medium"]) == 2
     err = capsys.readouterr().err
     assert "loss rates must be in [0, 1)" in err and "medium" in err and "Traceback" not in err
+
+
+def _summary(out: Path) -> dict[str, Any]:
+    return json.loads((out / "loss_sweep.json").read_text())
+
+
+@pytest.mark.parametrize("no_jpeg", [False, True], ids=["jpeg", "no-jpeg"])
+@pytest.mark.parametrize("inpainters", [["mim"], ["ar"], ["neighbor"], ["none"], ["ar", "none"]],
+                         ids="+".join)
+def test_any_inpainter_subset_runs_to_the_end(sweep, crop_dir: Path, tmp_path: Path,
+                                              inpainters: list[str], no_jpeg: bool) -> None:
+    out = tmp_path / "out"
+    extra = ["--inpainters", *inpainters, *(["--no-jpeg"] if no_jpeg else [])]
+    assert sweep.main(tiny(crop_dir, out, *extra)) == 0
+    for name in OUTPUTS:
+        assert (out / name).stat().st_size > 0, name
+    methods = {r["inpainter"] for r in _summary(out)["summary"]}
+    jpeg = {"jpeg", "jpeg+fec", "jpeg+fec*"}
+    assert methods - jpeg == set(inpainters)
+    assert bool(methods & jpeg) is not no_jpeg
+    assert {p.name for p in (out / "examples").iterdir()} == {
+        "original.png", *(f"loss0.400_{n}.png" for n in inpainters)}
+    assert sweep.main(["--replot", str(out)]) == 0
+
+
+def test_a_stopped_sweep_resumes_to_the_same_results(sweep, crop_dir: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = [*tiny(crop_dir, tmp_path / "x"), "--rates", "0.2", "0.4", "--inpainters", "none",
+            "--no-jpeg"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert sweep.main([*argv, "--out", str(whole)]) == 0
+    real = sweep.run_point
+    calls: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "run_point", counted)
+    stop_at = 2  # the first run finishes, the second is killed
+    assert sweep.main([*argv, "--out", str(parts)]) == 130
+    journal = parts / sweep_io.JOURNAL
+    assert len(sweep_io.read_journal(journal).runs) == 1
+    with journal.open("a") as fh:
+        fh.write('{"kind": "run", "key": ["cro')  # a line cut short by the kill
+    calls.clear()
+    stop_at = 0
+    # The settings come from the journal; only the runtime flags are given again.
+    assert sweep.main(["--resume", "--out", str(parts), "--threads", "1"]) == 0
+    assert len(calls) == 1  # the finished run was skipped
+    assert len(sweep_io.read_journal(journal).runs) == 2
+
+    def results(out: Path) -> list[tuple]:
+        return [(t["loss"], t["psnr"], t["tokens_inpainted"]) for t in _summary(out)["trials"]]
+
+    assert results(parts) == results(whole)
+
+
+def test_resume_refuses_a_different_setup(sweep, crop_dir: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert sweep.main(tiny(crop_dir, out, "--inpainters", "none", "--no-jpeg")) == 0
+    capsys.readouterr()
+    assert sweep.main(["--resume", "--out", str(out), "--rate", "high"]) == 2
+    assert "--rate" in capsys.readouterr().err
+    assert sweep.main(["--resume", "--out", str(tmp_path / "empty")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_journal_drops_a_cut_line(tmp_path: Path) -> None:
+    path = tmp_path / sweep_io.JOURNAL
+    sweep_io.start_journal(path, {"rate": "low"})
+    with path.open("a") as fh:
+        fh.write('{"kind": "ru')
+    assert sweep_io.read_journal(path).runs == {}
+    sweep_io.compact_journal(path)
+    sweep_io.append_oracle(path, ["low"], ["a"], [(0.1, 30.0, 0.9)])
+    journal = sweep_io.read_journal(path)
+    assert journal.args == {"rate": "low"} and journal.oracle is not None
+
+
+def test_quick_settings_and_explicit_flags(sweep) -> None:
+    args = sweep.parse_args(["--quick"])
+    assert args.inpainters == ["mim"] and args.no_jpeg and args.trials == 1
+    assert len(args.rates) == 2 and args.limit == 1
+    assert Path(args.images) == Path(sample_path()).parent
+    assert sweep.parse_args(["--quick", "--rates", "0.3"]).rates == [0.3]
+
+
+def test_missing_images_say_where_to_get_kodak(sweep, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert sweep.main(["--images", str(tmp_path / "kodak"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("loss_sweep.py: error:")
+    assert "Kodak" in err and "--images DIR" in err
+
+
+def test_help_is_plain_text(sweep, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        sweep.main(["--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and ":func:" not in text and ":mod:" not in text
+    assert "--quick" in text and "--resume" in text

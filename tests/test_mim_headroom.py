@@ -131,7 +131,21 @@ def test_stage_code_lengths_are_the_entropy_modules(codec: Codec, crop: np.ndarr
     tokens = codec.image_to_tokens(crop)
     _, h, w = tokens.shape
     pos = codec.stages(h, w)[2]
-    sym = codec._stage_symbols(tokens, pos)
+    sym = codec.stage_coder(h, w).symbols(tokens, 3)
     cdf = codec.stage_cdfs(tokens, 3, pos, codec.stage_map(h, w) >= 3)
     bits = float(entropy.code_lengths(cdf, sym).sum())
     assert bits <= 8 * len(entropy.encode(cdf, sym)) <= bits + 32
+
+
+def test_subcond_needs_training_images(hr, tmp_path: Path, capsys) -> None:
+    # The default probes run without a training set (a fresh clone has none): subcond waits.
+    args = hr.build_parser().parse_args([])
+    assert hr._probes(args) == [p for p in hr.PROBES if p != "subcond"]
+    assert Path(args.images).is_dir()  # the bundled sample photo
+    capsys.readouterr()
+    assert hr.main(["--probes", "subcond", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--train-images DIR" in err
+    assert hr.main(["--probes", "subcond", "--train-images", str(tmp_path / "no"),
+                    "--out", str(tmp_path)]) == 2
+    assert "training images not found" in capsys.readouterr().err

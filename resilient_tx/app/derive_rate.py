@@ -18,6 +18,20 @@ from resilient_tx.errors import InputError
 #: this default only resolves in a source checkout, never inside an installed package.
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "bsds500"
 
+#: Where to get training images, for the one-line error when the folder is missing.
+TRAINING_HINT = ("download the BSDS500 images (Berkeley segmentation data set, "
+                 "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/"
+                 "resources.html), or use any photos that are not Kodak, and pass {flag} DIR")
+
+
+def training_dir(data: str | Path, flag: str = "--data") -> Path:
+    """``data`` as a folder; InputError in one line saying where to get training images
+    when it does not exist (the default only exists beside a source checkout)."""
+    d = Path(data)
+    if not d.is_dir():
+        raise InputError(f"training images not found at {d}: {TRAINING_HINT.format(flag=flag)}")
+    return d
+
 
 def _output_path(args: argparse.Namespace, name: str) -> Path:
     """Where the point called ``name`` goes: -o FILE, --out-dir DIR or the shipped folder."""
@@ -55,10 +69,7 @@ def cmd_derive_rate(args: argparse.Namespace) -> int:
         raise InputError(f"{args.base!r} is itself a derived rate point; derive from its base")
     for k in args.k:  # before the slow part
         check_k(k, base.cfg.codebook_size)
-    data = Path(args.data)
-    if not data.is_dir():
-        raise InputError(f"training images not found at {data}; pass --data DIR")
-    files = training_files(data, args.limit)
+    files = training_files(training_dir(args.data), args.limit)
     for pt in derive_rate_points(base, args.k, files, args.seed, device):
         path = _output_path(args, pt.name)
         mid = save_derived(path, pt)
@@ -81,7 +92,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--k", type=int, nargs="+", required=True,
                    help="codebook size(s) to derive, each in [2, V)")
     p.add_argument("--data", default=str(DEFAULT_DATA),
-                   help="training images for the marginals, never Kodak (default: %(default)s)")
+                   help="training images for the marginals, never Kodak (default: "
+                   "../shared/data/bsds500 beside a source checkout)")
     p.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="k-means seed (default: 0)")
     p.add_argument("-o", "--output", help="output file (one --k only)")
