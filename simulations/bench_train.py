@@ -38,13 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def shared_data(name: str) -> Path:
-    """``shared/data/NAME`` inside the checkout if there is one (as on a device machine),
-    else beside it (as in a developer's workspace)."""
-    inside = ROOT / "shared" / "data" / name
-    return inside if inside.is_dir() else ROOT.parent / "shared" / "data" / name
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -54,6 +47,7 @@ from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
 from resilient_tx.training.efficiency import Efficiency, scale_lr  # noqa: E402
 from resilient_tx.training.loop import StepStats, materialise  # noqa: E402
 from resilient_tx.training.trainer import Trainer, encode_dataset, load_training_images  # noqa: E402
+from simulations.sim_common import shared_data  # noqa: E402
 
 PATHS = ("baseline", "fast", "fast+compile", "bf16", "channels_last", "device_data", "compile",
          "all")

@@ -18,6 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The bundled sample (one Kodak photo): a default that exists in every clone.
 SAMPLES = ROOT / "resilient_tx" / "samples"
 
+
+
+def shared_data(name: str) -> Path:
+    """``shared/data/NAME`` inside the checkout if there is one (as on a device machine),
+    else beside it (as in a developer's workspace)."""
+    inside = ROOT / "shared" / "data" / name
+    return inside if inside.is_dir() else ROOT.parent / "shared" / "data" / name
+
+
 KODAK_HINT = ("download the Kodak set (kodim01..24.png, e.g. from https://r0k.us/graphics/kodak/) "
               "into a folder and pass {flag} DIR")
 

@@ -49,12 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def shared_data(name: str) -> Path:
-    """``shared/data/NAME`` inside the checkout if there is one (as on a device machine),
-    else beside it (as in a developer's workspace)."""
-    inside = ROOT / "shared" / "data" / name
-    return inside if inside.is_dir() else ROOT.parent / "shared" / "data" / name
+from simulations.sim_common import shared_data  # noqa: E402
 
 MAX_MODEL_MIB = 16.0
 #: Seconds kept free at the end: process exits, copying, the summary.

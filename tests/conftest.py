@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from resilient_tx.config import ModelConfig
+from resilient_tx.zoo.checkpoint import LoadedModel
 
 SEED = 1234
 
@@ -29,6 +30,29 @@ def _seed_everything() -> Iterator[None]:
 def rng() -> np.random.Generator:
     """A fresh seeded NumPy generator (independent of the global state)."""
     return np.random.default_rng(SEED)
+
+
+@pytest.fixture
+def one_thread() -> None:
+    """One torch thread for the test (the autouse fixture above restores the count)."""
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def low_model() -> LoadedModel:
+    """The shipped ``low`` rate point."""
+    from resilient_tx.zoo.registry import get_model
+
+    return get_model("low")
+
+
+@pytest.fixture(scope="session")
+def sample_crop() -> np.ndarray:
+    """A 128 x 160 crop of the bundled sample: an 8 x 10 token grid at f = 16."""
+    from resilient_tx.app.demo import sample_path
+    from resilient_tx.images import load_rgb
+
+    return load_rgb(sample_path())[:128, :160]
 
 
 @pytest.fixture

@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
 
 from resilient_tx.app.cli import main
-from resilient_tx.app.demo import sample_path
-from resilient_tx.images import load_rgb, save_rgb
+from resilient_tx.images import save_rgb
 from resilient_tx.zoo.registry import get_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)  # conftest restores the count after each test
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def crop() -> np.ndarray:
-    return load_rgb(sample_path())[:128, :160]  # an 8 x 10 token grid
-
-
-def test_cli_derive_rate(tmp_path, crop, capsys) -> None:
+def test_cli_derive_rate(tmp_path, sample_crop, capsys) -> None:
     data = tmp_path / "train"
-    save_rgb(crop, data / "a.png")
-    save_rgb(crop[:, ::-1].copy(), data / "b.png")
+    save_rgb(sample_crop, data / "a.png")
+    save_rgb(sample_crop[:, ::-1].copy(), data / "b.png")
     out = tmp_path / "low-k8.pt"
     assert main(["derive-rate", "--base", "low", "--k", "8", "--data", str(data),
                  "-o", str(out), "--threads", "1"]) == 0
@@ -54,8 +43,8 @@ def test_cli_derive_rate_errors(capsys, argv, message) -> None:
     assert message in capsys.readouterr().err
 
 
-def test_cli_derive_rate_refuses_kodak(tmp_path, crop, capsys) -> None:
-    save_rgb(crop, tmp_path / "kodak" / "kodim99.png")
+def test_cli_derive_rate_refuses_kodak(tmp_path, sample_crop, capsys) -> None:
+    save_rgb(sample_crop, tmp_path / "kodak" / "kodim99.png")
     assert main(["derive-rate", "--k", "8", "--data", str(tmp_path / "kodak"),
                  "-o", str(tmp_path / "x.pt")]) == 2
     assert "Kodak" in capsys.readouterr().err

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from resilient_tx.app.cli import main
-from resilient_tx.app.demo import sample_path
 from resilient_tx.codec.container import EncodedImage
 from resilient_tx.codec.image_codec import Codec
 from resilient_tx.codec.inpaint import get_inpainter
@@ -39,25 +38,13 @@ SHIPPED = ("low-k128", "low-k64", "low-k32", "low-k16")
 PSNR_FLOOR = {64: 33.5, 16: 30.7}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)  # conftest restores the count after each test
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def base():
-    return get_model("low")
-
-
-@pytest.fixture(scope="module")
-def crop() -> np.ndarray:
-    return load_rgb(sample_path())[:128, :160]  # an 8 x 10 token grid
-
-
-@pytest.fixture(scope="module")
-def derived(base):
+def derived(low_model):
     """Derived low models for k = 64 and 16 (cluster-summed marginals: no image pass)."""
-    return {k: derive_cluster_summed(base, k) for k in (64, 16)}
+    return {k: derive_cluster_summed(low_model, k) for k in (64, 16)}
 
 
 def _random_clustering(m: int, v: int, k: int, seed: int = 0) -> tuple[torch.Tensor,
@@ -117,75 +104,75 @@ def test_merge_stays_finite_far_below_the_max(tiny_config) -> None:
 
 # ----------------------------------------------------------------------------- the model
 @pytest.mark.parametrize("k", [64, 16])
-def test_round_trip_exact_tokens(derived, crop, k) -> None:
+def test_round_trip_exact_tokens(derived, sample_crop, k) -> None:
     model = derived[k]
     assert isinstance(model.net, DerivedPQMIM) and model.cfg.codebook_size == k
     codec = Codec(model)
-    tokens = codec.image_to_tokens(crop)
+    tokens = codec.image_to_tokens(sample_crop)
     assert int(tokens.min()) >= 0 and int(tokens.max()) < k
-    enc = EncodedImage.parse(bytes(codec.encode(crop)))
+    enc = EncodedImage.parse(bytes(codec.encode(sample_crop)))
     assert enc.model_id == model.model_id
     assert torch.equal(codec.decode_tokens(enc.stages, *tokens.shape[1:]), tokens)
     recon = codec.decode(enc)
-    assert recon.shape == crop.shape and psnr(crop, recon) > PSNR_FLOOR[k]
+    assert recon.shape == sample_crop.shape and psnr(sample_crop, recon) > PSNR_FLOOR[k]
 
 
-def test_fewer_bits_than_base(base, derived, crop) -> None:
-    size = {k: len(bytes(Codec(m).encode(crop))) for k, m in derived.items()}
-    size[256] = len(bytes(Codec(base).encode(crop)))
+def test_fewer_bits_than_base(low_model, derived, sample_crop) -> None:
+    size = {k: len(bytes(Codec(m).encode(sample_crop))) for k, m in derived.items()}
+    size[256] = len(bytes(Codec(low_model).encode(sample_crop)))
     assert size[16] < size[64] < size[256]
 
 
-def test_model_ids_differ_and_are_deterministic(base, derived) -> None:
-    ids = {base.model_id, derived[64].model_id, derived[16].model_id}
+def test_model_ids_differ_and_are_deterministic(low_model, derived) -> None:
+    ids = {low_model.model_id, derived[64].model_id, derived[16].model_id}
     assert len(ids) == 3
-    assert derive_cluster_summed(base, 64, "again").model_id == derived[64].model_id
+    assert derive_cluster_summed(low_model, 64, "again").model_id == derived[64].model_id
 
 
 # ----------------------------------------------------------------------------- files
-def _point(base, k: int = 16) -> DerivedRatePoint:
-    books, _ = cluster_codebooks(base, k)
-    return DerivedRatePoint("low", base.model_id, books, cluster_sum_marginals(base, books),
-                            {"k": k})
+def _point(low_model, k: int = 16) -> DerivedRatePoint:
+    books, _ = cluster_codebooks(low_model, k)
+    return DerivedRatePoint("low", low_model.model_id, books,
+                            cluster_sum_marginals(low_model, books), {"k": k})
 
 
-def test_save_load_round_trip(tmp_path, base) -> None:
-    point = _point(base)
+def test_save_load_round_trip(tmp_path, low_model) -> None:
+    point = _point(low_model)
     path = tmp_path / "low-k16.pt"
     mid = save_derived(path, point)
     assert path.stat().st_size < 64 * 1024  # references the base: no weights inside
     payload = torch.load(path, weights_only=True)
     assert payload["format"] == DERIVED_FORMAT and payload["base"] == "low"
     assert read_header(path).k == 16
-    loaded = load_derived(path, lambda name: base)
+    loaded = load_derived(path, lambda name: low_model)
     assert loaded.model_id == mid and loaded.name == "low-k16"
     assert torch.equal(loaded.net.quantizer.codebooks.detach(), point.books.centroids)
     assert torch.equal(loaded.marginals, point.marginals)
     assert loaded.meta["derived_from"] == "low"
 
 
-def test_base_mismatch_is_refused(tmp_path, base) -> None:
+def test_base_mismatch_is_refused(tmp_path, low_model) -> None:
     path = tmp_path / "stale.pt"
-    save_derived(path, dataclasses.replace(_point(base), base_model_id=b"\x00" * 8))
+    save_derived(path, dataclasses.replace(_point(low_model), base_model_id=b"\x00" * 8))
     with pytest.raises(ModelMismatchError, match="regenerate"):
-        load_derived(path, lambda name: base)
+        load_derived(path, lambda name: low_model)
     with pytest.raises(ModelNotFoundError, match="derived from base model"):
         load_derived(tmp_path / "stale.pt", lambda name: get_model("no-such-rate"))
 
 
-def test_damaged_and_foreign_files(tmp_path, base) -> None:
-    point = _point(base)
+def test_damaged_and_foreign_files(tmp_path, low_model) -> None:
+    point = _point(low_model)
     bad_rep = dataclasses.replace(point.books, rep=(point.books.rep + 1) % 256)
     path = tmp_path / "bad.pt"
     save_derived(path, dataclasses.replace(point, books=bad_rep))
     with pytest.raises(InputError, match="damaged"):
-        load_derived(path, lambda name: base)
+        load_derived(path, lambda name: low_model)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a torch file")
     with pytest.raises(InputError, match="not a derived"):
-        load_derived(junk, lambda name: base)
+        load_derived(junk, lambda name: low_model)
     with pytest.raises(ModelNotFoundError):
-        load_derived(tmp_path / "missing.pt", lambda name: base)
+        load_derived(tmp_path / "missing.pt", lambda name: low_model)
 
 
 # ----------------------------------------------------------------------------- zoo
@@ -207,9 +194,9 @@ def test_shipped_points_are_fresh_and_in_the_zoo() -> None:
         get_model("low-k65")
 
 
-def test_inpainters_on_a_derived_point(crop) -> None:
+def test_inpainters_on_a_derived_point(sample_crop) -> None:
     model = get_model("low-k32")
-    tokens = Codec(model).image_to_tokens(crop)
+    tokens = Codec(model).image_to_tokens(sample_crop)
     known = torch.rand(tokens.shape[1:]) < 0.6
     for name in ("mim", "neighbor", "none"):
         out = get_inpainter(name, model, "cpu").fill(tokens, known)
@@ -217,9 +204,9 @@ def test_inpainters_on_a_derived_point(crop) -> None:
         assert torch.equal(out[:, known], tokens[:, known])
 
 
-def test_cli_encode_by_rate_decode_by_id(tmp_path, crop) -> None:
+def test_cli_encode_by_rate_decode_by_id(tmp_path, sample_crop) -> None:
     png, rtx, out = tmp_path / "crop.png", tmp_path / "crop.rtx", tmp_path / "out.png"
-    save_rgb(crop, png)
+    save_rgb(sample_crop, png)
     assert main(["encode", str(png), "-o", str(rtx), "--rate", "low-k32", "--threads", "1"]) == 0
     assert main(["decode", str(rtx), "-o", str(out), "--threads", "1"]) == 0  # id lookup
     codec = Codec(get_model("low-k32"))
@@ -227,26 +214,26 @@ def test_cli_encode_by_rate_decode_by_id(tmp_path, crop) -> None:
 
 
 @pytest.mark.network
-def test_send_recv_loopback_on_a_derived_point(crop) -> None:
+def test_send_recv_loopback_on_a_derived_point(sample_crop) -> None:
     from resilient_tx.app.loopback import run_loopback
     from resilient_tx.resilience.endpoint import Receiver, Sender, SenderConfig
 
-    res = run_loopback(crop, Sender(SenderConfig(rate="low-k16"), torch.device("cpu")),
+    res = run_loopback(sample_crop, Sender(SenderConfig(rate="low-k16"), torch.device("cpu")),
                        Receiver("neighbor", torch.device("cpu")), loss=0.0)
     codec = Codec(get_model("low-k16"))
     assert res.received.complete
-    assert np.array_equal(res.received.image, codec.decode(codec.encode(crop)))
+    assert np.array_equal(res.received.image, codec.decode(codec.encode(sample_crop)))
 
 
-def test_derived_file_without_base_refused(tmp_path, base) -> None:
+def test_derived_file_without_base_refused(tmp_path, low_model) -> None:
     path = tmp_path / "orphan-k16.pt"
-    save_derived(path, dataclasses.replace(_point(base), base_name="gone"))
+    save_derived(path, dataclasses.replace(_point(low_model), base_name="gone"))
     with pytest.raises(ModelNotFoundError, match="not shipped"):
         get_model(str(path))
     assert Path(path).is_file()
 
 
-def test_stale_derived_point_is_skipped_not_fatal(tmp_path, monkeypatch, base) -> None:
+def test_stale_derived_point_is_skipped_not_fatal(tmp_path, monkeypatch, low_model) -> None:
     """After a base is retrained, its old derived files must not break the other rates."""
     from resilient_tx.zoo import registry as zoo
 
@@ -254,8 +241,8 @@ def test_stale_derived_point_is_skipped_not_fatal(tmp_path, monkeypatch, base) -
     (models / "derived").mkdir(parents=True)
     (models / "low.pt").symlink_to(zoo._models_dir() / "low.pt")
     save_derived(models / "derived" / "low-k16.pt",
-                 dataclasses.replace(_point(base), base_model_id=b"\x00" * 8))
-    save_derived(models / "derived" / "low-k32.pt", _point(base, 32))
+                 dataclasses.replace(_point(low_model), base_model_id=b"\x00" * 8))
+    save_derived(models / "derived" / "low-k32.pt", _point(low_model, 32))
     zoo.get_model.cache_clear()
     monkeypatch.setattr(zoo, "_models_dir", lambda: models)
     try:

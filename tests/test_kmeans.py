@@ -10,28 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from resilient_tx.app.demo import sample_path
 from resilient_tx.codec.image_codec import Codec
 from resilient_tx.errors import InputError
-from resilient_tx.images import load_rgb, save_rgb
+from resilient_tx.images import save_rgb
 from resilient_tx.training.kmeans import cluster_codebooks, count_tokens, spherical_kmeans
-from resilient_tx.zoo.registry import get_model
 from tests.helpers import derive_cluster_summed
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)  # conftest restores the count after each test
-
-
-@pytest.fixture(scope="module")
-def base():
-    return get_model("low")
-
-
-@pytest.fixture(scope="module")
-def crop() -> np.ndarray:
-    return load_rgb(sample_path())[:128, :160]  # an 8 x 10 token grid
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- k-means
@@ -69,19 +54,19 @@ def test_kmeans_usage_weights_pull_centroids(rng) -> None:
 
 
 @pytest.mark.parametrize("k", [1, 0, 256, 300, 2.5, True])
-def test_bad_k_is_input_error(base, k) -> None:
+def test_bad_k_is_input_error(low_model, k) -> None:
     with pytest.raises(InputError, match="k must be"):
-        cluster_codebooks(base, k)
+        cluster_codebooks(low_model, k)
 
 
 # ----------------------------------------------------------------------------- marginals
-def test_count_tokens_matches_the_codec(tmp_path, base, crop) -> None:
-    derived = derive_cluster_summed(base, 16)
+def test_count_tokens_matches_the_codec(tmp_path, low_model, sample_crop) -> None:
+    derived = derive_cluster_summed(low_model, 16)
     png = tmp_path / "crop.png"
-    save_rgb(crop, png)
-    plain, = count_tokens(base, [derived.net], [png], mirror=False, progress=False)
-    tokens = Codec(derived).image_to_tokens(crop)
+    save_rgb(sample_crop, png)
+    plain, = count_tokens(low_model, [derived.net], [png], mirror=False, progress=False)
+    tokens = Codec(derived).image_to_tokens(sample_crop)
     for m in range(tokens.shape[0]):
         assert torch.equal(plain[m], torch.bincount(tokens[m].reshape(-1), minlength=16))
-    mirrored, = count_tokens(base, [derived.net], [png], progress=False)
+    mirrored, = count_tokens(low_model, [derived.net], [png], progress=False)
     assert int(mirrored.sum()) == 2 * int(plain.sum())
