@@ -212,6 +212,7 @@ def test_usage_error_is_2_runtime_failure_is_1(tmp_path) -> None:
     assert done.returncode == 1 and done.stderr.decode().startswith("resilient-tx: error:")
 
 
+@pytest.mark.slow
 def test_stdin_and_stdout_with_dash(small_png: Path) -> None:
     enc = _cli("encode", "-", "-o", "-", stdin=small_png.read_bytes())
     assert enc.returncode == 0, enc.stderr.decode()

@@ -44,6 +44,7 @@ def tiny_codec(tmp_path, seed: int) -> Codec:
     return Codec(load_model(tmp_path / f"tiny{seed}.pt"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rate", ["low", "high"])
 def test_shipped_round_trip_exact_tokens_and_psnr(rate: str, sample: np.ndarray) -> None:
     codec = Codec(get_model(rate))
@@ -55,6 +56,7 @@ def test_shipped_round_trip_exact_tokens_and_psnr(rate: str, sample: np.ndarray)
     assert psnr(sample, recon) > PSNR_FLOOR[rate]
 
 
+@pytest.mark.slow
 def test_mim_codes_real_tokens_smaller_than_marginals(default_codec: Codec, sample) -> None:
     tokens = default_codec.image_to_tokens(sample)
     mim_bytes = sum(len(s.data) for s in default_codec.encode_tokens(tokens))
@@ -89,6 +91,7 @@ def test_model_mismatch_is_refused(tmp_path, sample) -> None:
         b.decode(enc)
 
 
+@pytest.mark.slow
 def test_corrupted_stage_is_detected_not_decoded(default_codec: Codec, sample) -> None:
     enc = default_codec.encode(sample[:128, :192])
     for s in range(len(enc.stages)):

@@ -33,6 +33,7 @@ def crop() -> np.ndarray:
     return load_rgb(sample_path())[:192, :320]
 
 
+@pytest.mark.slow
 def test_stage_bits_add_up_to_the_coded_streams(hr, codec: Codec, crop: np.ndarray) -> None:
     res = hr.probe_stages(codec, [crop])
     ideal = sum(r["mim_bits"] * r["sub_indices"] for r in res["rows"])
@@ -46,6 +47,7 @@ def test_stage_bits_add_up_to_the_coded_streams(hr, codec: Codec, crop: np.ndarr
     assert 0.0 < res["saving_all_stages"] < 1.0
 
 
+@pytest.mark.slow
 def test_flip_probe_plain_matches_the_mim(hr, codec: Codec, crop: np.ndarray) -> None:
     tokens = codec.image_to_tokens(crop)
     _, h, w = tokens.shape
@@ -78,6 +80,7 @@ def test_conditioned_heads_start_at_the_shipped_heads_and_stay_causal(hr, codec:
     assert not torch.equal(a[:, 2:], b[:, 2:])
 
 
+@pytest.mark.slow
 def test_nstages_at_five_is_the_codec_saving(hr, codec: Codec, crop: np.ndarray) -> None:
     # Float ideal lengths vs the coder's integer CDFs: equal to well under a tenth of a point.
     five = hr.probe_nstages(codec, [crop], [5, 7])["rows"]
@@ -86,6 +89,7 @@ def test_nstages_at_five_is_the_codec_saving(hr, codec: Codec, crop: np.ndarray)
         hr.probe_stages(codec, [crop])["saving_all_stages"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_rdoq_at_lambda_zero_is_the_codec(hr, codec: Codec, crop: np.ndarray) -> None:
     marginal_bits = hr._marginal_bits(codec).float()
     mim0, marg0, psnr0 = hr._rdoq_image(codec, crop, 0.0, marginal_bits)

@@ -78,6 +78,7 @@ def test_fec_recovers_lost_data_packets(setup) -> None:
 
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.slow
 @given(data=st.data())
 def test_random_subsets_never_give_wrong_tokens(setup, data) -> None:
     codec, out = setup

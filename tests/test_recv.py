@@ -80,6 +80,7 @@ def _json_lines(capsys) -> list[dict]:
     return [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
 
 
+@pytest.mark.slow
 @pytest.mark.network
 def test_vanishing_sender_dup_reorder_and_two_senders(tmp_path: Path, capsys) -> None:
     port = free_port("udp")
