@@ -293,7 +293,7 @@ class SenderConfig(_Checked):
     """Every option of ``resilient-tx send``, with its default.
 
     :class:`~resilient_tx.resilience.endpoint.Sender` reads ``rate``, ``fec``,
-    ``context_depth`` and ``max_packet``; the command reads the rest.
+    ``context_depth``, ``effort`` and ``max_packet``; the command reads the rest.
     """
 
     to: str | None = None  # receiver HOST[:PORT]; the command requires it
@@ -304,6 +304,9 @@ class SenderConfig(_Checked):
     # take every later one with it (0 = the paper's full chain); the loss sweep found 2
     # the best trade between rate and resilience.
     context_depth: int = 2
+    # Gradient steps refining each image's latent before quantization (0 = the plain
+    # encoder): slower to encode, decoded by any receiver as usual.
+    effort: int = 0
     pace: float | None = None  # Mbit/s; None = as fast as the transport accepts
     sim_loss: float = 0.0  # share of packets the channel simulator drops at the sender
     loss_model: LossModel = "bernoulli"
@@ -317,6 +320,7 @@ class SenderConfig(_Checked):
     def _validate(self) -> None:
         _require("context_depth", self.context_depth >= 0,
                  f"must be >= 0, got {self.context_depth}")
+        _require("effort", self.effort >= 0, f"must be >= 0, got {self.effort}")
         _require("threads", self.threads >= 0, f"must be >= 0, got {self.threads}")
 
 

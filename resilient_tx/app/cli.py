@@ -150,13 +150,15 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
     from resilient_tx.images import load_rgb, load_rgb_bytes
 
+    if args.effort < 0:  # before reading the image: a usage error should be instant
+        raise InputError(f"--effort must be >= 0 gradient steps, got {args.effort}")
     if args.image == STDIO:
         image = load_rgb_bytes(sys.stdin.buffer.read(), max_pixels=args.max_pixels)
     else:
         image = load_rgb(args.image, max_pixels=args.max_pixels)
     codec = _codec(args)
     t0 = time.perf_counter()
-    blob = bytes(codec.encode(image))
+    blob = bytes(codec.encode(image, args.effort))
     dt = time.perf_counter() - t0
     _write_output(args.output, blob)
     h, w = image.shape[:2]
@@ -293,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output .rtx file ('-': write it to standard output)")
     e.add_argument("--rate", help="shipped rate point (see `resilient-tx models`; default: low)")
     e.add_argument("--model", help="model file to use instead of a shipped rate point")
+    e.add_argument("--effort", type=int, default=0, metavar="N",
+                   help="refine the latent by N gradient steps before quantizing: better "
+                   "quality, slower encoding, any decoder reads it (default: %(default)s)")
     _add_pixel_cap(e)
     _add_runtime_flags(e)
     e.set_defaults(func=_cmd_encode)

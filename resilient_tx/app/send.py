@@ -135,6 +135,8 @@ def add_parser(sub: Any) -> None:
         ("context_depth", "later stages are coded given the first N stages only, so one "
          f"lost stage does not take the rest (default: {d.context_depth}; 0 = the paper's "
          "full chain)", None),
+        ("effort", "refine each image's latent by N gradient steps before quantizing: "
+         f"better quality, slower encoding, same decoder (default: {d.effort})", "N"),
         ("pace", "pace sending (default: no pacing)", "MBIT/S"),
         ("sim_loss", "drop this share of packets", "P"),
         ("loss_model", f"default: {d.loss_model}", None),

@@ -16,6 +16,7 @@ import torch
 from resilient_tx.codec import entropy
 from resilient_tx.codec.container import EncodedImage, StageStream
 from resilient_tx.codec.partition import quincunx_stages, stage_indices
+from resilient_tx.codec.refine import check_effort, refine_tokens
 from resilient_tx.codec.stage_coder import StageCoder, TokenProbabilities, TrunkAndHeads
 from resilient_tx.errors import InputError, ModelMismatchError
 from resilient_tx.images import to_tensor, to_uint8
@@ -55,12 +56,21 @@ class Codec:
         return torch.from_numpy(quincunx_stages(h, w, self.cfg.stages))
 
     # ----- image <-> tokens -----------------------------------------------------------
-    def image_to_tokens(self, image: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 -> tokens (M, h, w) int64 on CPU."""
+    def image_to_tokens(self, image: np.ndarray, effort: int = 0) -> torch.Tensor:
+        """(H, W, 3) uint8 -> tokens (M, h, w) int64 on CPU.
+
+        ``effort`` > 0 refines the latent by that many gradient steps through the frozen
+        decoder before quantizing (:mod:`~resilient_tx.codec.refine`): slower to encode,
+        decoded by any receiver as usual; 0 is the plain encoder.
+        """
+        check_effort(effort)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise InputError("expected an (H, W, 3) uint8 RGB image")
         x = pad_to_multiple(to_tensor(image).to(self.device), self.cfg.downsample)
-        return self.net.tokens(x)[0].cpu()
+        if effort == 0:
+            return self.net.tokens(x)[0].cpu()
+        height, width = image.shape[:2]
+        return refine_tokens(self.net, x, height, width, effort)[0].cpu()
 
     def tokens_to_image(self, tokens: torch.Tensor, width: int, height: int) -> np.ndarray:
         x = self.net.reconstruct(tokens[None].to(self.device))
@@ -89,9 +99,10 @@ class Codec:
         return len(entropy.encode(cdf, sym))
 
     # ----- whole images -----------------------------------------------------------------
-    def encode(self, image: np.ndarray) -> EncodedImage:
+    def encode(self, image: np.ndarray, effort: int = 0) -> EncodedImage:
+        """(H, W, 3) uint8 -> an ``.rtx`` image; ``effort`` as in :meth:`image_to_tokens`."""
         height, width = image.shape[:2]
-        tokens = self.image_to_tokens(image)
+        tokens = self.image_to_tokens(image, effort)
         return EncodedImage(self.model.model_id, width, height, self.encode_tokens(tokens))
 
     def decode(self, enc: EncodedImage) -> np.ndarray:

@@ -54,7 +54,7 @@ def fec_profile(name: str) -> fec.FecProfile:
 class Sender:
     """Encodes and packetizes images for one rate point and FEC setting.
 
-    Reads ``rate``, ``fec``, ``context_depth`` and ``max_packet`` of the config. With a
+    Reads ``rate``, ``fec``, ``context_depth``, ``effort`` and ``max_packet`` of the config. With a
     ``key`` every datagram is signed, and payloads shrink by the trailer's bytes so the
     signed packet still fits ``max_packet``.
     """
@@ -65,7 +65,8 @@ class Sender:
         self.signer = None if key is None else Signer(key)
         room = cfg.max_packet - (0 if key is None else TRAILER_SIZE)
         self.packetizer = Packetizer(codec, fec_profile(cfg.fec), rate_point_id(cfg.rate),
-                                     room, context_depth=cfg.context_depth)
+                                     room, context_depth=cfg.context_depth,
+                                     effort=cfg.effort)
 
     def packets(self, image: np.ndarray, image_id: int) -> PacketizedImage:
         return self.packetizer.packetize(image, image_id)

@@ -18,6 +18,7 @@ import torch
 
 from resilient_tx.codec import entropy, layout
 from resilient_tx.codec.image_codec import Codec
+from resilient_tx.codec.refine import check_effort
 from resilient_tx.codec.stage_coder import CHUNK_HEADER, DEPTH_MASK, StageCoder, check_depth
 from resilient_tx.config import DEFAULT_MAX_PACKET, SenderConfig
 from resilient_tx.errors import InputError
@@ -83,10 +84,12 @@ class Packetizer:
 
     def __init__(self, codec: Codec, profile: fec.FecProfile, rate_point: int = 0,
                  max_packet: int = DEFAULT_MAX_PACKET, min_chunks: int = 1,
-                 context_depth: int = SenderConfig.context_depth) -> None:
+                 context_depth: int = SenderConfig.context_depth,
+                 effort: int = SenderConfig.effort) -> None:
         if min_chunks < 1:
             raise InputError(f"min_chunks must be >= 1, got {min_chunks}")
         self.context_depth = check_depth(context_depth)
+        self.effort = check_effort(effort)  # encoder refinement steps per image
         self.codec = codec
         self.profile = profile
         self.rate_point = rate_point
@@ -100,7 +103,7 @@ class Packetizer:
         height, width = image.shape[:2]
         if width > MAX_U16 or height > MAX_U16:
             raise InputError(f"image {width}x{height} is larger than 65535 px a side")
-        tokens = self.codec.image_to_tokens(image)
+        tokens = self.codec.image_to_tokens(image, self.effort)
         plans = self.plan_stages(tokens)
         packets = spread_stages([self._stage_packets(plan, image_id, width, height)
                                  for plan in plans])
