@@ -4,7 +4,9 @@ A packet transport (``open_receiver``: UDP, or WebRTC with TCP signalling on the
 port) delivers whatever packets survive the network; ``receive_images`` groups them per
 image, decodes exactly what arrived and inpaints the rest (``Receiver``), and yields each
 image as soon as it is complete or its deadline has passed. ``on_image`` below is where
-your program takes over; this one saves a PNG and prints a line::
+your program takes over; this one saves a PNG and prints a line. With ``--key-file`` it
+accepts only packets signed with that secret (``receive_images(..., key=key)``) and says
+once, through ``on_notice``, if packets arrive unsigned or signed with another key::
 
     python receiver/receive_images.py --listen 0.0.0.0:5004 --out-dir received --count 1
 """
@@ -22,7 +24,8 @@ from resilient_tx.app.session import ReceivedImage, receive_images
 from resilient_tx.config import ReceiverConfig
 from resilient_tx.errors import ResilientTxError
 from resilient_tx.images import save_rgb
-from resilient_tx.resilience.collector import DueImage
+from resilient_tx.resilience.auth import PacketKey, load_key
+from resilient_tx.resilience.collector import Drops, DueImage
 from resilient_tx.resilience.endpoint import Receiver
 from resilient_tx.runtime import resolve_device
 from resilient_tx.transport import format_peer, open_receiver
@@ -47,12 +50,20 @@ def skip(due: DueImage, exc: ResilientTxError) -> None:
     print(f"image {due.key[1]:08x} skipped: {exc}", file=sys.stderr)
 
 
-async def receive(receiver: Receiver, cfg: ReceiverConfig, on_image: OnImage) -> None:
-    """Serve senders on ``cfg.listen`` until ``cfg.count`` images are in (0: forever)."""
+def notice(text: str) -> None:
+    """Drops that point at a misconfiguration (a key on one side only), said once each."""
+    print(f"receive_images: {text}", file=sys.stderr, flush=True)
+
+
+async def receive(receiver: Receiver, cfg: ReceiverConfig, on_image: OnImage,
+                  key: PacketKey | None = None, drops: Drops | None = None) -> None:
+    """Serve senders on ``cfg.listen`` until ``cfg.count`` images are in (0: forever);
+    with ``key``, signed packets only. ``drops`` counts what was dropped and why."""
     async with open_receiver(cfg.transport, cfg.listen) as transport:
         print(f"listening on {format_peer(transport.address)} ({cfg.transport})",
               file=sys.stderr, flush=True)
-        images = receive_images(transport, receiver, deadline=cfg.deadline, on_skip=skip)
+        images = receive_images(transport, receiver, deadline=cfg.deadline, on_skip=skip,
+                                key=key, drops=drops, on_notice=notice)
         async with aclosing(images):
             done = 0
             async for got in images:
@@ -76,7 +87,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--inpainter", choices=["mim", "ar", "neighbor", "none"],
                    default=d.inpainter, help="fills lost tokens (default: %(default)s)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--key-file", metavar="FILE",
+                   help="shared secret (>= 16 bytes): accept only packets signed with it")
     return p.parse_args(argv)
+
+
+def warn(text: str) -> None:
+    print(f"receive_images: warning: {text}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,10 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = ReceiverConfig(listen=args.listen, transport=args.transport, count=args.count,
                              deadline=args.deadline, inpainter=args.inpainter,
                              device=args.device, out_dir=args.out_dir)
+        key = None if args.key_file is None else load_key(args.key_file, warn)
         receiver = Receiver(cfg.inpainter, resolve_device(cfg.device))
         receiver.warm_up()  # load the models now, not when the first image arrives
         out_dir = Path(cfg.out_dir)
-        asyncio.run(receive(receiver, cfg, lambda got: save_and_report(got, out_dir)))
+        drops = Drops()
+        try:
+            asyncio.run(receive(receiver, cfg, lambda got: save_and_report(got, out_dir),
+                                key, drops))
+        finally:
+            print(f"receive_images: dropped: {drops.summary()}", file=sys.stderr)
     except ResilientTxError as exc:
         print(f"receive_images: error: {exc}", file=sys.stderr)
         return 2

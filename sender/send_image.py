@@ -3,7 +3,9 @@
 Each image is encoded by the learned codec and cut into self-describing packets, one
 Reed-Solomon protected group per quincunx stage (``Sender``), which a packet transport
 (``open_sender``: UDP or a WebRTC data channel) puts on the wire. ``--loss`` drops a
-share of the packets before they leave, to watch the receiver cope::
+share of the packets before they leave, to watch the receiver cope. With ``--key-file``
+every packet is signed (``Sender(..., key)`` and ``sender.datagrams``), and a receiver
+given the same file accepts nothing else::
 
     python receiver/receive_images.py --count 1                       # first, elsewhere
     python sender/send_image.py resilient_tx/samples/kodim23.png --to 127.0.0.1 --loss 0.3
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from resilient_tx.config import DEFAULT_PORT, SenderConfig
 from resilient_tx.errors import ResilientTxError
 from resilient_tx.images import load_rgb
+from resilient_tx.resilience.auth import load_key
 from resilient_tx.resilience.endpoint import Sender
 from resilient_tx.runtime import resolve_device
 from resilient_tx.transport import max_message_size, open_sender
@@ -32,7 +35,7 @@ async def send_images(sender: Sender, paths: Sequence[str], cfg: SenderConfig) -
         for n, path in enumerate(paths):
             image = load_rgb(path)
             packets = sender.packets(image, image_id=random.getrandbits(32)).packets
-            wire = [bytes(p) for p in packets]
+            wire = sender.datagrams(packets)  # signed when the sender has a key
             if cfg.sim_loss:  # the network would lose these; FEC and inpainting must cope
                 wire, _ = transmit(wire, ChannelConfig(loss_rate=cfg.sim_loss), seed=n)
             stats = await transport.send(wire)
@@ -54,7 +57,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--loss", type=float, default=0.0, metavar="P",
                    help="drop this share of the packets before sending (default: 0)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--key-file", metavar="FILE",
+                   help="shared secret (>= 16 bytes): sign every packet; the receiver "
+                   "needs the same file")
     return p.parse_args(argv)
+
+
+def warn(text: str) -> None:
+    print(f"send_image: warning: {text}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            sim_loss=args.loss, device=args.device,
                            # one packet per message: a split message is lost whole
                            max_packet=max_message_size(args.transport))
-        sender = Sender(cfg, resolve_device(cfg.device))  # loads the codec once
+        key = None if args.key_file is None else load_key(args.key_file, warn)
+        sender = Sender(cfg, resolve_device(cfg.device), key)  # loads the codec once
         asyncio.run(send_images(sender, args.images, cfg))
     except ResilientTxError as exc:
         print(f"send_image: error: {exc}", file=sys.stderr)

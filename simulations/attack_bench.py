@@ -13,30 +13,50 @@ Runs the receiver as a subprocess (so its CPU time and RSS are its own, read fro
 Every phase is bounded in seconds. Prints one JSON object per receiver mode.
 
     python simulations/attack_bench.py --flood-s 10 --ports 300
+
+``--fuzz N`` instead feeds N mutated datagrams through the receiver's sans-IO path in this
+process (no sockets; see :func:`fuzz`) and prints one JSON object of counts:
+
+    python simulations/attack_bench.py --fuzz 1000000
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import queue
+import random
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from resilient_tx.app.demo import sample_path
-from resilient_tx.config import SenderConfig
-from resilient_tx.images import load_rgb
+from resilient_tx.app.recv import output_path
+from resilient_tx.app.session import FairQueue, make_collector
+from resilient_tx.codec.image_codec import Codec
+from resilient_tx.config import ReceiverConfig, SenderConfig
+from resilient_tx.errors import ResilientTxError
+from resilient_tx.images import FAST_PNG_LEVEL, load_rgb, save_rgb
+from resilient_tx.resilience import reassembly
 from resilient_tx.resilience.auth import PacketKey
+from resilient_tx.resilience.collector import Collector, DueImage
+from resilient_tx.resilience.endpoint import Receiver as Decoder
 from resilient_tx.resilience.endpoint import Sender
-from resilient_tx.resilience.packet import Packet
+from resilient_tx.resilience.packet import HEADER_SIZE, MAGIC, TRAILER_SIZE, Packet
+from resilient_tx.zoo.registry import get_model
 
 CROP = (64, 96)  # a small image keeps each decode short on 2 cores
 
@@ -204,6 +224,259 @@ def run_mode(keyed: bool, args: argparse.Namespace, workdir: Path) -> dict[str, 
     return result
 
 
+# --- fuzz: mutated datagrams through the receiver's sans-IO path, without sockets ------
+
+# (offset, size) of every header field after the magic: version, flags, image id, model
+# id, width, height, rate point, stage, chunk index, k, n, payload length.
+FIELDS = [(4, 1), (5, 1), (6, 4), (10, 8), (18, 2), (20, 2), (22, 1), (23, 1), (24, 2),
+          (26, 2), (28, 2), (30, 2)]
+SIZE_FIELDS = (18, 20)  # width and height
+MAX_FUZZ_SIDE = 512  # decoding a huge picture is the caps' business, not the fuzzer's
+LEGIT_ADDR, STRANGER_ADDR = "legit", "stranger"  # the two sender addresses of the fuzz
+
+
+def fix_crc(data: bytes) -> bytes:
+    """``data`` with the CRC a sender would have written (what a deliberate attacker does;
+    a corrupted packet keeps its stale CRC)."""
+    if len(data) < HEADER_SIZE:
+        return data
+    (length,) = struct.unpack_from("<H", data, 30)
+    payload = data[HEADER_SIZE: HEADER_SIZE + length]
+    crc = zlib.crc32(payload, zlib.crc32(data[:32])) & 0xFFFFFFFF
+    return data[:32] + struct.pack("<I", crc) + data[36:]
+
+
+def _set_field(rng: random.Random, data: bytes) -> bytes:
+    """One header field of ``data`` set to a random value."""
+    off, size = rng.choice(FIELDS)
+    if off in SIZE_FIELDS:
+        value = rng.randint(0, MAX_FUZZ_SIDE).to_bytes(2, "little")
+    else:
+        value = rng.getrandbits(8 * size).to_bytes(size, "little")
+    return data[:off] + value + data[off + size:]
+
+
+def _flip_bits(rng: random.Random, data: bytes) -> bytes:
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        i = rng.randrange(len(out))
+        out[i] ^= 1 << rng.randrange(8)
+    return bytes(out)
+
+
+def _truncate(rng: random.Random, data: bytes) -> bytes:
+    return data[: rng.randrange(len(data))]
+
+
+def _extend(rng: random.Random, data: bytes) -> bytes:
+    return data + rng.randbytes(rng.randint(1, 64))
+
+
+def _payload_byte(rng: random.Random, data: bytes) -> bytes:
+    """A payload byte changed and the CRC fixed: wrong bytes reach the entropy decoder."""
+    (length,) = struct.unpack_from("<H", data, 30)
+    if not length:
+        return _set_field(rng, data)
+    i = HEADER_SIZE + rng.randrange(length)
+    return fix_crc(data[:i] + bytes([data[i] ^ rng.randint(1, 255)]) + data[i + 1:])
+
+
+def _random_header(rng: random.Random, model_id: bytes) -> bytes:
+    """A CRC-valid datagram with random fields (small pictures, mostly our model)."""
+    keyed = rng.random() < 0.25
+    k = rng.randint(1, 64) if rng.random() < 0.8 else rng.randint(1, 0xFFFF)
+    n = min(0xFFFF, k + rng.randint(0, 16))
+    payload = rng.randbytes(rng.randint(0, 1100))
+    fields = struct.pack("<4sBBI8sHHBBHHHH", MAGIC, 1, rng.randrange(8) | (8 if keyed else 0),
+                         rng.getrandbits(32),
+                         model_id if rng.random() < 0.7 else rng.randbytes(8),
+                         rng.randint(1, MAX_FUZZ_SIDE), rng.randint(1, MAX_FUZZ_SIDE),
+                         rng.randrange(256), rng.randint(1, 8), rng.randrange(n), k, n,
+                         len(payload))
+    tail = rng.randbytes(TRAILER_SIZE) if keyed else b""
+    return fix_crc(fields + bytes(4) + payload) + tail
+
+
+# Accidents (what a channel does) and deliberate changes (what a stranger does).
+ACCIDENTS: dict[str, Callable[[random.Random, bytes], bytes]] = {
+    "bit_flip": _flip_bits, "truncate": _truncate, "extend": _extend,
+    "field": _set_field}
+CRAFTED: dict[str, Callable[[random.Random, bytes], bytes]] = {
+    "field_crc": lambda rng, d: fix_crc(_set_field(rng, d)), "payload_crc": _payload_byte}
+
+
+@dataclasses.dataclass
+class FuzzCounts:
+    """What one fuzz run found: ``undocumented_errors``, ``wrong_tokens`` and
+    ``overwritten`` must be zero."""
+
+    datagrams: int = 0
+    by_mutation: dict[str, int] = dataclasses.field(default_factory=dict)
+    images_decoded: int = 0
+    documented_errors: dict[str, int] = dataclasses.field(default_factory=dict)
+    undocumented_errors: int = 0
+    first_errors: list[str] = dataclasses.field(default_factory=list)
+    legit_images_checked: int = 0
+    tokens_checked: int = 0
+    wrong_tokens: int = 0
+    files_written: int = 0
+    overwritten: int = 0
+    drops: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+
+    def error(self, where: str, exc: BaseException) -> None:
+        self.undocumented_errors += 1
+        if len(self.first_errors) < 10:
+            self.first_errors.append(f"{where}: {type(exc).__name__}: {exc}")
+
+
+@dataclasses.dataclass
+class FuzzTarget:
+    """One receiver (keyed or not) as session.py assembles it, minus the sockets."""
+
+    name: str
+    collector: Collector
+    queue: FairQueue
+    sender: Sender
+    out: Path
+
+
+class Fuzzer:
+    """Feeds rounds of genuine and mutated datagrams to a keyed and an unkeyed receiver."""
+
+    def __init__(self, out: Path, seed: int, round_size: int) -> None:
+        self.rng = random.Random(seed)
+        self.round_size = round_size
+        self.counts = FuzzCounts()
+        self.cfg = ReceiverConfig(inpainter="neighbor", device="cpu")
+        self.decoder = Decoder("neighbor", torch.device("cpu"))
+        send_cfg = SenderConfig(fec="light")
+        self.codec = Codec(get_model(send_cfg.rate), torch.device("cpu"))
+        key = PacketKey.from_secret(os.urandom(32))
+        image = load_rgb(sample_path())[: CROP[0], : CROP[1]]
+        self.targets = [self._target("keyed", Sender(send_cfg, torch.device("cpu"), key),
+                                     out, key),
+                        self._target("unkeyed", Sender(send_cfg, torch.device("cpu")), out,
+                                     None)]
+        sent = self.targets[1].sender.packets(image, 0)
+        self.packets, self.tokens = sent.packets, sent.tokens
+        self.model_id = self.packets[0].model_id
+        self.now = 0.0  # the collector's clock: simulated, so deadlines cost no waiting
+        self.legit_files: dict[Path, str] = {}
+
+    def _target(self, name: str, sender: Sender, out: Path,
+                key: PacketKey | None) -> FuzzTarget:
+        collector = make_collector(self.decoder, self.cfg, key)
+        queue_ = FairQueue(self.cfg.max_queued, self.cfg.max_queued_per_sender,
+                           self.cfg.max_queue_age, collector.drops)
+        return FuzzTarget(name, collector, queue_, sender, out / name)
+
+    def run(self, total: int) -> FuzzCounts:
+        image_id = 0
+        while self.counts.datagrams < total:
+            image_id += 1
+            target = self.targets[image_id % 2]
+            self._round(target, image_id, min(self.round_size, total - self.counts.datagrams))
+        for t in self.targets:
+            self.counts.drops[t.name] = t.collector.drops.snapshot()
+        self._check_legit_files()
+        return self.counts
+
+    def _round(self, target: FuzzTarget, image_id: int, n: int) -> None:
+        """One image sent genuinely, among ``n`` mutated datagrams; then every image due
+        is decoded and written."""
+        packets = [dataclasses.replace(p, image_id=image_id) for p in self.packets]
+        keyed = self.targets[0].sender.datagrams(packets)
+        plain = [bytes(p) for p in packets]
+        genuine = keyed if target.name == "keyed" else plain
+        stream = [(d, LEGIT_ADDR, "genuine") for d in genuine]
+        stream += [self._mutant(target, keyed + plain) for _ in range(n)]
+        self.rng.shuffle(stream)
+        for data, sender, kind in stream:
+            self.counts.by_mutation[kind] = self.counts.by_mutation.get(kind, 0) + 1
+            self.now += 1e-4
+            try:
+                due = target.collector.feed(data, sender, self.now)
+            except Exception as exc:  # noqa: BLE001 -- counting exactly these is the point
+                self.counts.error("feed", exc)
+                continue
+            if due is not None:
+                target.queue.push(due, self.now)
+        self.counts.datagrams += n
+        self.now += self.cfg.deadline + 1.0
+        for due in target.collector.expired(self.now):
+            target.queue.push(due, self.now)
+        while (due := target.queue.pop(self.now)) is not None:
+            self._decode(target, due, image_id)
+
+    def _mutant(self, target: FuzzTarget, pool: list[bytes]) -> tuple[bytes, str, str]:
+        """(datagram, sender address, mutation). Accidents come from the legitimate
+        sender; deliberate changes from a stranger, except at the keyed receiver, where
+        even the legitimate address must not get a changed packet through."""
+        roll = self.rng.random()
+        if roll < 0.1:
+            return _random_header(self.rng, self.model_id), STRANGER_ADDR, "random_header"
+        name, fn = self.rng.choice([*ACCIDENTS.items(), *CRAFTED.items()])
+        data = fn(self.rng, self.rng.choice(pool))
+        crafted = name in CRAFTED
+        who = STRANGER_ADDR if crafted and target.name == "unkeyed" else LEGIT_ADDR
+        return data, who, name
+
+    def _decode(self, target: FuzzTarget, due: DueImage, image_id: int) -> None:
+        try:
+            got = self.decoder.finish(due)
+        except ResilientTxError as exc:  # what session.py hands to on_skip
+            kind = type(exc).__name__
+            self.counts.documented_errors[kind] = self.counts.documented_errors.get(kind, 0) + 1
+            return
+        except Exception as exc:  # noqa: BLE001
+            self.counts.error("finish", exc)
+            return
+        self.counts.images_decoded += 1
+        if due.key == (LEGIT_ADDR, image_id, self.model_id):
+            self._check_tokens(due)
+        self._write(target, got.image, due)
+
+    def _check_tokens(self, due: DueImage) -> None:
+        """Every token the receiver calls known must be the sender's."""
+        exact = reassembly.decode(self.codec, due.assembler)
+        known = exact.known
+        self.counts.legit_images_checked += 1
+        self.counts.tokens_checked += int(known.sum())
+        wrong = (exact.tokens != self.tokens).any(dim=0) & known
+        self.counts.wrong_tokens += int(wrong.sum())
+
+    def _write(self, target: FuzzTarget, image: np.ndarray, due: DueImage) -> None:
+        """Through recv's naming rule; a path that already exists would be an overwrite."""
+        target.out.mkdir(parents=True, exist_ok=True)
+        path = output_path(target.out, due.key[1], overwrite=False)
+        if path.exists():
+            self.counts.overwritten += 1
+        save_rgb(image, path, FAST_PNG_LEVEL)
+        self.counts.files_written += 1
+        if due.key[0] == LEGIT_ADDR:
+            self.legit_files[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def _check_legit_files(self) -> None:
+        """The legitimate pictures are still the ones written (nothing replaced them)."""
+        for path, digest in self.legit_files.items():
+            if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                self.counts.overwritten += 1
+
+
+def fuzz(total: int, seed: int = 0, round_size: int = 2000) -> dict[str, object]:
+    """Feed ``total`` mutated datagrams (bit flips, truncations, extensions and field
+    changes of one image's genuine keyed and unkeyed packets, payload changes with the CRC
+    fixed, and CRC-valid random headers) to a keyed and an unkeyed receiver, each built
+    as session.py builds it (collector with admission checks and caps, fair decode queue,
+    decode and inpaint), with every image written through recv's naming rule. Each round
+    also carries one genuine image, whose exactly decoded tokens are checked against the
+    sender's. Counts undocumented exceptions, wrong tokens and overwritten files."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        counts = Fuzzer(Path(tmp), seed, round_size).run(total)
+    return {"fuzz": dataclasses.asdict(counts), "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--flood-s", type=float, default=10.0)
@@ -214,8 +487,14 @@ def main() -> None:
     ap.add_argument("--wait-s", type=float, default=30.0, help="longest wait for the "
                     "legitimate image after the flood")
     ap.add_argument("--modes", default="keyed,unkeyed")
+    ap.add_argument("--fuzz", type=int, default=0, metavar="N",
+                    help="instead: feed N mutated datagrams through the receiver in-process")
+    ap.add_argument("--seed", type=int, default=0, help="of the fuzz (default: 0)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.fuzz:
+        print(json.dumps(fuzz(args.fuzz, args.seed)), flush=True)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):
             print(json.dumps(run_mode(mode == "keyed", args, Path(tmp))), flush=True)

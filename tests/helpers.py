@@ -102,3 +102,25 @@ def call_in_thread(fn: Callable[..., R], *args: Any) -> tuple[threading.Thread, 
     thread = threading.Thread(target=lambda: results.append(fn(*args)), daemon=True)
     thread.start()
     return thread, results
+
+
+def wait_bound_udp(port: int, timeout: float = 120.0) -> None:
+    """Block until some socket on this machine has bound UDP ``port``.
+
+    Unlike :func:`wait_listening`, the probe reads the kernel's socket table instead of
+    binding the port itself, so it cannot take the port from a receiver that is about to
+    bind it. Where there is no ``/proc/net/udp`` (not Linux) it falls back to
+    :func:`wait_listening`.
+    """
+    table = Path("/proc/net/udp")
+    if not table.exists():
+        wait_listening(port, "udp", timeout)
+        return
+    suffix = f":{port:04X}"
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        rows = table.read_text().splitlines()[1:]
+        if any(row.split()[1].endswith(suffix) for row in rows):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing bound UDP port {port} within {timeout} s")

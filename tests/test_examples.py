@@ -46,6 +46,32 @@ def test_sender_and_receiver_programs_talk_over_udp(tmp_path: Path, capsys,
     assert printed.count("tokens inpainted") == 2
 
 
+@pytest.mark.network
+def test_programs_with_a_key_file_sign_and_check(tmp_path: Path, capsys, sender: ModuleType,
+                                                 receiver: ModuleType) -> None:
+    crop = tmp_path / "crop.png"
+    save_rgb(load_rgb(sample_path())[:64, :96], crop)
+    key = tmp_path / "key"
+    key.write_bytes(bytes(range(32)))
+    key.chmod(0o600)
+    port = free_port("udp")
+    out = tmp_path / "received"
+    rx, codes = call_in_thread(receiver.main, ["--listen", f"127.0.0.1:{port}", "--count",
+                                               "1", "--out-dir", str(out), "--device", "cpu",
+                                               "--inpainter", "neighbor", "--key-file",
+                                               str(key)])
+    wait_listening(port, "udp")
+    # Unsigned first: dropped (and said so); then signed: written.
+    assert sender.main([str(crop), "--to", f"127.0.0.1:{port}", "--device", "cpu"]) == 0
+    assert sender.main([str(crop), "--to", f"127.0.0.1:{port}", "--device", "cpu",
+                        "--key-file", str(key)]) == 0
+    rx.join(timeout=60)
+    assert not rx.is_alive() and codes == [0]
+    assert len(list(out.glob("*.png"))) == 1
+    err = capsys.readouterr().err
+    assert "unauthenticated" in err and "warning" not in err
+
+
 @pytest.mark.parametrize("script", ["sender", "receiver"])
 def test_programs_have_help(script: str, sender: ModuleType, receiver: ModuleType,
                             capsys) -> None:

@@ -72,10 +72,13 @@ class ReceivedImage:
         return (time.monotonic() if now is None else now) - self.due.first_seen
 
 
-async def due_images(rx: PacketReceiver, collector: Collector) -> AsyncGenerator[DueImage, None]:
+async def due_images(rx: PacketReceiver, collector: Collector,
+                     on_notice: NoticeHandler | None = None,
+                     ) -> AsyncGenerator[DueImage, None]:
     """Feed ``collector`` from ``rx``; yield each image as it becomes due (complete, or
-    its deadline passed). Ends with :class:`~resilient_tx.errors.TransportError` when
-    ``rx`` closes."""
+    its deadline passed). ``on_notice`` hears the collector's one-time notices (e.g. a
+    key on one side only) as soon as they arise. Ends with
+    :class:`~resilient_tx.errors.TransportError` when ``rx`` closes."""
     while True:
         nxt = collector.next_deadline()
         timeout = None if nxt is None else max(0.0, nxt - time.monotonic())
@@ -85,6 +88,8 @@ async def due_images(rx: PacketReceiver, collector: Collector) -> AsyncGenerator
             data = None
         if data is not None:
             due = collector.feed(data, peer, time.monotonic())
+            if collector.drops.notices:  # said now: a misconfigured peer may never
+                _notify(collector.drops, on_notice)  # complete an image at all
             if due is not None:
                 yield due
         for due in collector.expired(time.monotonic()):
@@ -157,7 +162,7 @@ async def _feed(rx: PacketReceiver, collector: Collector, queue: FairQueue,
                 wake: asyncio.Event, on_notice: NoticeHandler | None) -> None:
     """Move due images from the collector to the decode queue, for as long as ``rx``
     delivers: packets keep being read while an image decodes."""
-    async with aclosing(due_images(rx, collector)) as images:
+    async with aclosing(due_images(rx, collector, on_notice)) as images:
         async for due in images:
             queue.push(due, time.monotonic())
             wake.set()
