@@ -80,21 +80,6 @@ def free_port(transport: str = "udp") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_listening(port: int, transport: str = "udp", timeout: float = 120.0) -> None:
-    """Block until a receiver owns ``port`` (binding it ourselves fails), so no packet is
-    sent before anyone listens -- a fixed sleep loses packets on a loaded machine."""
-    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"receiver did not open port {port} within {timeout} s")
-
-
 def call_in_thread(fn: Callable[..., R], *args: Any) -> tuple[threading.Thread, list[R]]:
     """Start ``fn(*args)`` in a daemon thread; returns the thread and a list that will
     hold its return value (a receiver's ``main`` blocks until its images are in)."""
@@ -104,23 +89,40 @@ def call_in_thread(fn: Callable[..., R], *args: Any) -> tuple[threading.Thread, 
     return thread, results
 
 
-def wait_bound_udp(port: int, timeout: float = 120.0) -> None:
-    """Block until some socket on this machine has bound UDP ``port``.
+def wait_listening(port: int, transport: str = "udp", timeout: float = 120.0) -> None:
+    """Block until a receiver owns ``port`` (UDP bound, or TCP listening for the WebRTC
+    signalling), so no packet is sent before anyone listens: a fixed sleep loses packets
+    on a loaded machine.
 
-    Unlike :func:`wait_listening`, the probe reads the kernel's socket table instead of
-    binding the port itself, so it cannot take the port from a receiver that is about to
-    bind it. Where there is no ``/proc/net/udp`` (not Linux) it falls back to
-    :func:`wait_listening`.
+    The probe reads the kernel's socket table rather than binding the port itself, which
+    could take the port from a receiver that is about to bind it. Where there is no
+    ``/proc/net`` (not Linux) it falls back to trying to bind the port.
     """
-    table = Path("/proc/net/udp")
-    if not table.exists():
-        wait_listening(port, "udp", timeout)
-        return
-    suffix = f":{port:04X}"
+    table = Path("/proc/net/udp" if transport == "udp" else "/proc/net/tcp")
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        rows = table.read_text().splitlines()[1:]
-        if any(row.split()[1].endswith(suffix) for row in rows):
+        if table.exists() and _in_socket_table(table, port, listening=transport != "udp"):
+            return
+        if not table.exists() and _port_taken(port, transport):
             return
         time.sleep(0.02)
-    raise TimeoutError(f"nothing bound UDP port {port} within {timeout} s")
+    raise TimeoutError(f"receiver did not open port {port} within {timeout} s")
+
+
+def _in_socket_table(table: Path, port: int, listening: bool) -> bool:
+    suffix = f":{port:04X}"
+    for row in table.read_text().splitlines()[1:]:
+        cols = row.split()
+        if cols[1].endswith(suffix) and (not listening or cols[3] == "0A"):  # 0A = LISTEN
+            return True
+    return False
+
+
+def _port_taken(port: int, transport: str) -> bool:
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False

@@ -22,7 +22,7 @@ from resilient_tx.images import load_rgb
 from resilient_tx.resilience.auth import PacketKey
 from resilient_tx.resilience.collector import NOTICES, Drops
 from resilient_tx.resilience.endpoint import Receiver, Sender
-from tests.helpers import free_port, load_simulation, wait_bound_udp
+from tests.helpers import free_port, load_simulation, wait_listening
 
 KEY = PacketKey.from_secret(b"k" * 32)
 OTHER_KEY = PacketKey.from_secret(b"o" * 32)
@@ -82,7 +82,7 @@ class LiveReceiver:
         self._thread = threading.Thread(target=self._run, args=(receiver, key), daemon=True)
         self._thread.start()
         self._started.wait(10)
-        wait_bound_udp(self.port)
+        wait_listening(self.port)
 
     def _run(self, receiver: Receiver, key: PacketKey | None) -> None:
         async def main() -> None:
