@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -133,3 +134,11 @@ def test_decompress_reports_a_corrupted_stage(codec: Codec) -> None:
     streams[4] = type(s)(s.data, s.symbols, s.crc ^ 1)
     with pytest.raises(ChecksumError):
         codec.stage_coder(8, 8).decompress(streams)
+
+
+def test_progress_is_reported_once_per_step(codec: Codec) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    calls: list[str] = []
+    enc = codec.encode(image, progress=lambda: calls.append("e"))
+    codec.decode(enc, progress=lambda: calls.append("d"))
+    assert calls == ["e"] * codec.steps() + ["d"] * codec.steps()

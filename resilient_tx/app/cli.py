@@ -13,12 +13,13 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from resilient_tx.errors import InputError, ResilientTxError
 
 if TYPE_CHECKING:  # for annotations only: the commands import their machinery when run
     import torch
+    from tqdm import tqdm
 
     from resilient_tx.config import RunConfig
     from resilient_tx.training.distributed import DistInfo
@@ -145,6 +146,15 @@ def _codec(args: argparse.Namespace, model_id: bytes | None = None):
 STDIO = "-"  # as an input or output path: standard input / standard output
 
 
+def _bar(args: argparse.Namespace, total: int, what: str) -> tqdm[Any]:
+    """A progress bar on stderr for long work: hidden with -q or when stderr is not a
+    terminal (tqdm's own check), so logs and pipes stay clean."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit="step", leave=False,
+                disable=True if args.quiet else None)
+
+
 def _cmd_encode(args: argparse.Namespace) -> int:
     import time
 
@@ -158,7 +168,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         image = load_rgb(args.image, max_pixels=args.max_pixels)
     codec = _codec(args)
     t0 = time.perf_counter()
-    blob = bytes(codec.encode(image, args.effort))
+    with _bar(args, codec.steps(), "encoding") as bar:
+        blob = bytes(codec.encode(image, args.effort, bar.update))
     dt = time.perf_counter() - t0
     _write_output(args.output, blob)
     h, w = image.shape[:2]
@@ -199,7 +210,8 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     check_pixels(enc.width, enc.height, args.max_pixels, args.input)
     codec = _codec(args, model_id=enc.model_id)
     t0 = time.perf_counter()
-    image = codec.decode(enc)
+    with _bar(args, codec.steps(), "decoding") as bar:
+        image = codec.decode(enc, bar.update)
     dt = time.perf_counter() - t0
     if args.output == STDIO:
         png = io.BytesIO()

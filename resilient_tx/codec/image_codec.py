@@ -9,6 +9,7 @@ on one machine and a decoder on another (CPU vs CUDA, any thread count) agree bi
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -99,18 +100,32 @@ class Codec:
         return len(entropy.encode(cdf, sym))
 
     # ----- whole images -----------------------------------------------------------------
-    def encode(self, image: np.ndarray, effort: int = 0) -> EncodedImage:
-        """(H, W, 3) uint8 -> an ``.rtx`` image; ``effort`` as in :meth:`image_to_tokens`."""
+    def encode(self, image: np.ndarray, effort: int = 0,
+               progress: Callable[[], None] | None = None) -> EncodedImage:
+        """(H, W, 3) uint8 -> an ``.rtx`` image; ``effort`` as in :meth:`image_to_tokens`.
+        ``progress`` is called :meth:`steps` times: after the tokens, then per stage."""
         height, width = image.shape[:2]
         tokens = self.image_to_tokens(image, effort)
-        return EncodedImage(self.model.model_id, width, height, self.encode_tokens(tokens))
+        if progress is not None:
+            progress()
+        streams = self.stage_coder(*tokens.shape[1:]).compress(tokens, progress)
+        return EncodedImage(self.model.model_id, width, height, streams)
 
-    def decode(self, enc: EncodedImage) -> np.ndarray:
+    def steps(self) -> int:
+        """How many times :meth:`encode` and :meth:`decode` call their ``progress``."""
+        return 1 + self.cfg.stages
+
+    def decode(self, enc: EncodedImage,
+               progress: Callable[[], None] | None = None) -> np.ndarray:
+        """An ``.rtx`` image -> (H, W, 3) uint8; ``progress`` as in :meth:`encode`."""
         if enc.model_id != self.model.model_id:
             raise ModelMismatchError(
                 f"stream was made by model {enc.model_id.hex()}, but this decoder has model "
                 f"{self.model.model_id_hex} ({self.model.name})"
             )
         h, w = self.grid(enc.width, enc.height)
-        tokens = self.decode_tokens(enc.stages, h, w)
-        return self.tokens_to_image(tokens, enc.width, enc.height)
+        tokens = self.stage_coder(h, w).decompress(enc.stages, progress)
+        image = self.tokens_to_image(tokens, enc.width, enc.height)
+        if progress is not None:
+            progress()
+        return image

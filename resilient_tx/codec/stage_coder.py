@@ -26,7 +26,7 @@ the model: several context passes in one object.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -202,20 +202,24 @@ class StageCoder:
         return idx, sym.reshape(len(idx), self.m), crc
 
     # ----- whole grids: the .rtx case, depth 0 and one chunk per stage --------------------
-    def compress(self, tokens: torch.Tensor) -> tuple[StageStream, ...]:
+    def compress(self, tokens: torch.Tensor,
+                 progress: Callable[[], None] | None = None) -> tuple[StageStream, ...]:
         """Every stage of ``tokens`` (M, h, w) as one stream (a one-chunk stage whose
-        header is kept in the stream's fields)."""
+        header is kept in the stream's fields); ``progress`` is called after each stage."""
         out = []
         for s in range(1, self.num_stages + 1):
             sym = self.symbols(tokens, s)
             (chunk,) = self.encode_chunks(sym, self.cdfs(s, tokens), 1, 0)
             _, crc = CHUNK_HEADER.unpack_from(chunk)
             out.append(StageStream(chunk[CHUNK_HEADER.size:], sym.shape[0], crc))
+            if progress is not None:
+                progress()
         return tuple(out)
 
-    def decompress(self, streams: Sequence[StageStream]) -> torch.Tensor:
+    def decompress(self, streams: Sequence[StageStream],
+                   progress: Callable[[], None] | None = None) -> torch.Tensor:
         """Inverse of :meth:`compress`: tokens (M, h, w); :class:`ChecksumError` if a
-        stage's symbols fail their CRC."""
+        stage's symbols fail their CRC; ``progress`` is called after each stage."""
         if len(streams) != self.num_stages:
             raise BitstreamError(f"expected {self.num_stages} stages, found {len(streams)}")
         tokens = torch.zeros(self.m, self.height * self.width, dtype=torch.int64)
@@ -228,6 +232,8 @@ class StageCoder:
             _, sym, crc = self._decode(s, cdf, 1, 0, chunk)
             entropy.check_crc(sym, crc, f"stage {s}")
             tokens[:, torch.from_numpy(pos)] = sym.T
+            if progress is not None:
+                progress()
         return tokens.reshape(self.m, self.height, self.width)
 
 
