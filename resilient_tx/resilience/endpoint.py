@@ -100,6 +100,7 @@ class Receiver:
         # warm_up may run in a background thread while images are decoded in another:
         # each model is then built once, by whichever thread asks first.
         self._lock = threading.RLock()
+        self._cfg_lock = threading.Lock()
 
     def _for_model(self, model_id: bytes) -> tuple[Codec, Inpainter]:
         with self._lock:
@@ -140,7 +141,9 @@ class Receiver:
                                                       cfg.stages))
 
     def _model_cfg(self, model_id: bytes) -> ModelConfig | None:
-        with self._lock:
+        # Its own lock: this runs for every packet on the event loop, and must not wait
+        # for a model that another thread is building under ``_lock``.
+        with self._cfg_lock:
             if self._model_cfgs is None:
                 models = [get_model(rate) for rate in available_rates()]
                 self._model_cfgs = {m.model_id: m.cfg for m in models}
