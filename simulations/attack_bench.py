@@ -130,9 +130,10 @@ class Receiver:
 
 
 def flood(datagrams: list[bytes], port: int, ports: int, seconds: float,
-          peak: list[int], pid: int, pps: float) -> int:
+          peak: list[int] | None = None, pid: int | None = None, pps: float = 0) -> int:
     """Replay ``datagrams`` from ``ports`` source ports for ``seconds`` at about ``pps``
-    datagrams per second (0: as fast as possible); sample RSS."""
+    datagrams per second (0: as fast as possible); with ``pid``, sample that process's
+    peak RSS into ``peak[0]``. Returns how many datagrams were sent."""
     socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(ports)]
     start = time.monotonic()
     sent, end, next_sample = 0, start + seconds, 0.0
@@ -145,9 +146,9 @@ def flood(datagrams: list[bytes], port: int, ports: int, seconds: float,
                     try:
                         s.sendto(d, ("127.0.0.1", port))
                         sent += 1
-                    except OSError:
+                    except OSError:  # a full socket buffer: the flood is saturating
                         pass
-                if time.monotonic() >= next_sample:
+                if pid is not None and peak is not None and time.monotonic() >= next_sample:
                     peak[0] = max(peak[0], proc_stat(pid)[1])
                     next_sample = time.monotonic() + 0.2
                 if time.monotonic() >= end:

@@ -204,28 +204,6 @@ def test_stranger_reusing_the_id_is_dropped_keyed(live, images) -> None:
     assert rx.written() == [legit] and legit.read_bytes() == before
 
 
-def _flood(port: int, datagrams: list[bytes], ports: int, seconds: float) -> int:
-    """Replay ``datagrams`` from ``ports`` source ports, as fast as this thread can, for
-    ``seconds``; returns how many were sent."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(ports)]
-    sent, end = 0, time.monotonic() + seconds
-    try:
-        while time.monotonic() < end:
-            for s in socks:
-                for d in datagrams:
-                    try:
-                        s.sendto(d, ("127.0.0.1", port))
-                        sent += 1
-                    except OSError:  # a full socket buffer: the flood is saturating
-                        pass
-                if time.monotonic() >= end:
-                    break
-    finally:
-        for s in socks:
-            s.close()
-    return sent
-
-
 FLOOD_S = 3.0
 FLOOD_PORTS = 200
 LEGIT_AFTER_FLOOD_S = 5.0  # "a few seconds": bounded by the drain of one socket buffer
@@ -237,7 +215,7 @@ def test_replay_flood_then_legit_image_keyed(live, images) -> None:
     captured = _datagrams(images[0], 1, KEY)
     _send(rx.port, captured)  # delivered once: the stream the attacker captured
     assert _wait(lambda: len(rx.written()) == 1)
-    flooded = _flood(rx.port, captured, FLOOD_PORTS, FLOOD_S)
+    flooded = load_simulation("attack_bench").flood(captured, rx.port, FLOOD_PORTS, FLOOD_S)
     fresh = _datagrams(images[0], 2, KEY)  # encoded before the clock starts
     t0 = time.monotonic()
     _send(rx.port, fresh)
