@@ -30,6 +30,23 @@ MIN_PLANNED_CHUNK = 64  # smaller chunks would spend more on headers than they s
 
 
 @dataclass(frozen=True)
+class _CodedStage:
+    """One stage's symbols and CDFs, with what every packet-size trial needs of them."""
+
+    symbols: torch.Tensor  # (n, M)
+    cdf: torch.Tensor  # (n, M, V+1)
+    bits: np.ndarray  # (n,) ideal code length of each token, for balancing chunks
+    share: float  # of the grid's tokens
+    context: int  # leading stages it is coded given
+
+
+def _coded_stage(coder: StageCoder, tokens: torch.Tensor, stage: int) -> _CodedStage:
+    sym, cdf = coder.symbols(tokens, stage), coder.cdfs(stage, tokens)
+    bits = entropy.code_lengths(cdf, sym).reshape(sym.shape[0], sym.shape[1]).sum(-1)
+    return _CodedStage(sym, cdf, bits, coder.share(stage), coder.context(stage))
+
+
+@dataclass(frozen=True)
 class StagePlan:
     """How one stage was cut: k data chunks (+ parity), the layout seed, the chunk bytes."""
 
@@ -112,14 +129,13 @@ class Packetizer:
     def plan_stages(self, tokens: torch.Tensor) -> tuple[StagePlan, ...]:
         _, h, w = tokens.shape
         coder = self.codec.stage_coder(h, w, self.context_depth)
-        coded = [(coder.symbols(tokens, s), coder.cdfs(s, tokens), coder.share(s),
-                  coder.context(s)) for s in range(1, coder.num_stages + 1)]
+        coded = [_coded_stage(coder, tokens, s) for s in range(1, coder.num_stages + 1)]
         best: tuple[float, list[tuple[int, tuple[bytes, ...]]], tuple[int, ...]] | None = None
         for capacity in self._capacities():
-            cuts = [self._cut_stage(coder, sym, cdf, capacity) for sym, cdf, _, _ in coded]
+            cuts = [self._cut_stage(coder, st, capacity) for st in coded]
             shapes = [uep.StageShape(len(chunks), HEADER_SIZE + fec.PREFIX_SIZE
-                                     + max(len(c) for c in chunks), share, context)
-                      for (_, chunks), (_, _, share, context) in zip(cuts, coded, strict=True)]
+                                     + max(len(c) for c in chunks), st.share, st.context)
+                      for (_, chunks), st in zip(cuts, coded, strict=True)]
             # Parity is planned for all stages at once: a loss-rate profile weighs them
             # together, and then also picks the packet size with the lowest expected cost.
             parity = self.profile.plan(shapes)
@@ -146,17 +162,16 @@ class Packetizer:
                 out.append(cap)
         return out
 
-    def _cut_stage(self, coder: StageCoder, sym: torch.Tensor, cdf: torch.Tensor,
+    def _cut_stage(self, coder: StageCoder, st: _CodedStage,
                    capacity: int) -> tuple[int, tuple[bytes, ...]]:
         """(layout seed, chunk bytes) of one stage: k chunks of at most ``capacity`` bytes
         of bitstream each, balanced in bytes."""
-        n = sym.shape[0]
-        bits = entropy.code_lengths(cdf, sym).reshape(n, sym.shape[1]).sum(-1)
-        k = max(self.min_chunks, math.ceil(bits.sum() / 8 / (0.9 * capacity)))
+        n = st.symbols.shape[0]
+        k = max(self.min_chunks, math.ceil(st.bits.sum() / 8 / (0.9 * capacity)))
         k = min(k, max(1, n))
         while True:  # the estimate rarely undershoots; then one more chunk is enough
-            seed = layout.best_seed(bits, k)
-            chunks = coder.encode_chunks(sym, cdf, k, seed)
+            seed = layout.best_seed(st.bits, k)
+            chunks = coder.encode_chunks(st.symbols, st.cdf, k, seed)
             if max(len(c) for c in chunks) <= capacity + CHUNK_HEADER.size or k >= n:
                 break
             k += 1
