@@ -280,3 +280,11 @@ def test_docstring_diagram_matches() -> None:
     # ... and it is the corner of any larger grid (the pattern is periodic with period 4).
     np.testing.assert_array_equal(quincunx_stages(20, 28)[:8, :8], diagram)
     np.testing.assert_array_equal(quincunx_stages(20, 28)[4:12, 8:16], diagram)
+
+
+def test_token_grid_pads_up_to_whole_tokens() -> None:
+    from resilient_tx.codec.partition import token_grid
+
+    assert token_grid(768, 512, 16) == (32, 48)
+    assert token_grid(1, 1, 16) == (1, 1)
+    assert token_grid(17, 33, 16) == (3, 2)

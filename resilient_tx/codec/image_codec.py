@@ -16,7 +16,7 @@ import torch
 
 from resilient_tx.codec import entropy
 from resilient_tx.codec.container import EncodedImage, StageStream
-from resilient_tx.codec.partition import quincunx_stages, stage_indices
+from resilient_tx.codec.partition import quincunx_stages, stage_indices, token_grid
 from resilient_tx.codec.refine import check_effort, refine_tokens
 from resilient_tx.codec.stage_coder import StageCoder, TokenProbabilities, TrunkAndHeads
 from resilient_tx.errors import InputError, ModelMismatchError
@@ -41,8 +41,7 @@ class Codec:
     # ----- geometry -------------------------------------------------------------------
     def grid(self, width: int, height: int) -> tuple[int, int]:
         """Token grid (h, w) of a ``width`` x ``height`` image."""
-        f = self.cfg.downsample
-        return -(-height // f), -(-width // f)
+        return token_grid(width, height, self.cfg.downsample)
 
     def stage_coder(self, h: int, w: int, depth: int = 0) -> StageCoder:
         """A fresh stage coder for one (h, w) token grid and context depth."""

@@ -33,6 +33,12 @@ import numpy as np
 DEFAULT_STAGES = 5
 
 
+def token_grid(width: int, height: int, downsample: int) -> tuple[int, int]:
+    """Token grid (h, w) of a ``width`` x ``height`` image at ``downsample`` pixels per
+    token side (the image is padded up to whole tokens)."""
+    return -(-height // downsample), -(-width // downsample)
+
+
 def quincunx_stages(height: int, width: int, stages: int = DEFAULT_STAGES) -> np.ndarray:
     """Return an int array of shape (height, width) with the stage (1..stages) of each cell."""
     if height < 1 or width < 1:

@@ -20,7 +20,7 @@ import torch
 
 from resilient_tx.codec.image_codec import Codec
 from resilient_tx.codec.inpaint import Inpainter, get_inpainter
-from resilient_tx.codec.partition import stage_indices
+from resilient_tx.codec.partition import stage_indices, token_grid
 from resilient_tx.config import ModelConfig, SenderConfig
 from resilient_tx.errors import InputError, ModelNotFoundError
 from resilient_tx.resilience import fec, reassembly
@@ -136,9 +136,8 @@ class Receiver:
         cfg = self._model_cfg(model_id)
         if cfg is None:
             return None
-        f = cfg.downsample
-        return tuple(len(ix) for ix in stage_indices(-(-height // f), -(-width // f),
-                                                      cfg.stages))
+        h, w = token_grid(width, height, cfg.downsample)
+        return tuple(len(ix) for ix in stage_indices(h, w, cfg.stages))
 
     def _model_cfg(self, model_id: bytes) -> ModelConfig | None:
         # Its own lock: this runs for every packet on the event loop, and must not wait
