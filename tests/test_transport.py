@@ -26,6 +26,7 @@ from resilient_tx.transport import (
     PacketReceiver,
     TransportConfig,
     UdpConfig,
+    format_peer,
     max_message_size,
     memory_pair,
     open_receiver,
@@ -443,5 +444,188 @@ def test_webrtc_sessions_end_with_either_side() -> None:
         with pytest.raises(TransportError, match="closed"):
             await sender.send([b"nobody is listening"])
         await sender.close()
+
+    run(main())
+
+
+# --- back channel (receiver -> sender feedback) -------------------------------------------
+
+def test_feedback_absent_returns_nothing_promptly() -> None:
+    async def main() -> None:
+        sender, receiver = memory_pair()
+        async with receiver, sender:
+            await sender.send([b"data"])
+            start = time.monotonic()
+            assert await sender.wait_feedback(0.05) == []
+            assert 0.04 <= time.monotonic() - start < 1.0
+            assert sender.take_feedback() == [] and sender.feedback_received == 0
+            assert await sender.wait_feedback(0) == []
+            with pytest.raises(InputError, match="timeout"):
+                await sender.wait_feedback(-1)
+            waiter = asyncio.ensure_future(sender.wait_feedback(30))
+            await asyncio.sleep(0.01)
+        start = time.monotonic()
+        assert await waiter == []  # the close woke it
+        assert await sender.wait_feedback(30) == []  # closed: at once
+        assert time.monotonic() - start < 1.0
+
+    run(main())
+
+
+def test_memory_feedback_round_trip_and_refusals() -> None:
+    async def main() -> None:
+        sender, receiver = memory_pair(config=TransportConfig(max_packet=100))
+        assert receiver.reply(sender.peer, b"too early") is False  # receiver not open
+        async with receiver, sender:
+            await sender.send([b"data"])
+            _, peer = await receiver.recv()
+            waiter = asyncio.ensure_future(sender.wait_feedback(5))
+            await asyncio.sleep(0)
+            assert receiver.reply(peer, b"report-1") is True
+            assert await waiter == [b"report-1"]
+            assert receiver.reply(peer, b"report-2") and receiver.reply(peer, b"report-3")
+            assert sender.take_feedback() == [b"report-2", b"report-3"]
+            for bad_peer, bad in (("nobody", b"x"), (peer, b""), (peer, b"x" * 101),
+                                  (peer, "text"), (peer, bytearray(b"x"))):
+                assert receiver.reply(bad_peer, bad) is False  # type: ignore[arg-type]
+            assert (receiver.replies_sent, receiver.replies_failed) == (3, 6)
+        assert receiver.reply(peer, b"late") is False  # both closed
+        assert sender.take_feedback() == []
+
+    run(main())
+
+
+def test_memory_feedback_loss_and_closed_sender() -> None:
+    async def main() -> None:
+        async with MemoryReceiver("rx-fb") as receiver:
+            blocked = await open_sender("memory", "rx-fb", peer="blocked",
+                                        feedback_loss=LossPattern(drop=frozenset(range(5))))
+            lossy = await MemorySender(receiver, peer="lossy",
+                                       feedback_loss=LossPattern(drop={1}))
+            for reply in (b"r0", b"r1", b"r2"):
+                assert receiver.reply("blocked", reply)  # handed over, then lost
+                assert receiver.reply("lossy", reply)
+            assert await blocked.wait_feedback(0.05) == []
+            assert lossy.take_feedback() == [b"r0", b"r2"]
+            channel = ChannelConfig(loss_rate=0.5)  # reply n goes through seed 3 + n
+            async with MemorySender(receiver, feedback_loss=LossPattern(channel, 3)) as seeded:
+                replies = random_packets(20, seed=9, high=50)
+                assert all(receiver.reply(seeded.peer, r) for r in replies)
+                expected = [r for n, r in enumerate(replies) if transmit([r], channel, 3 + n)[0]]
+                assert seeded.take_feedback() == expected and 0 < len(expected) < 20
+            await lossy.close()
+            assert receiver.reply("lossy", b"gone") is False
+            await blocked.close()
+        with pytest.raises(InputError, match="feedback_loss"):
+            MemorySender(receiver, feedback_loss=0.5)  # type: ignore[arg-type]
+
+    run(main())
+
+
+def test_sender_feedback_queue_is_bounded() -> None:
+    async def main() -> None:
+        sender, receiver = memory_pair(config=TransportConfig(feedback_queue=3))
+        async with receiver, sender:
+            replies = [f"report-{i}".encode() for i in range(5)]
+            assert all(receiver.reply(sender.peer, r) for r in replies)
+            assert sender.take_feedback() == replies[2:]  # the oldest went first
+            assert (sender.feedback_received, sender.feedback_overflowed) == (5, 2)
+    run(main())
+    with pytest.raises(InputError, match="feedback_queue"):
+        TransportConfig(feedback_queue=0)
+
+
+@pytest.mark.network
+def test_udp_feedback_round_trip() -> None:
+    async def main() -> None:
+        async with open_receiver("udp", LOOPBACK) as receiver:
+            async with open_sender("udp", receiver.address) as sender:
+                await sender.send([b"data"])
+                _, peer = (await collect(receiver, 1))[0]
+                assert receiver.reply(peer, b"report") is True
+                assert await sender.wait_feedback(5) == [b"report"]
+                for bad_peer, bad in (("127.0.0.1:9", b"x"), (peer, b""),
+                                      (peer, b"x" * (DEFAULT_MAX_PACKET + 1))):
+                    assert receiver.reply(bad_peer, bad) is False
+                assert (receiver.replies_sent, receiver.replies_failed) == (1, 3)
+        assert receiver.reply(peer, b"late") is False
+
+    run(main())
+
+
+async def _recv_raw(sock: socket.socket, timeout: float = 2.0) -> bytes | None:
+    """One datagram on a non-blocking socket, or None if none comes in ``timeout`` s."""
+    try:
+        return await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 2048),
+                                      timeout)
+    except asyncio.TimeoutError:
+        return None
+
+
+def _raw_udp() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+@pytest.mark.network
+def test_udp_reply_peers_are_bounded() -> None:
+    async def main() -> None:
+        socks = [_raw_udp() for _ in range(4)]
+        try:
+            async with open_receiver("udp", LOOPBACK, reply_peers=2) as receiver:
+                for sock in socks[:3]:
+                    sock.sendto(b"hello", receiver.address)
+                    await collect(receiver, 1)  # in order: the first is the oldest
+                socks[3].sendto(b"", receiver.address)  # rejected: must not evict anyone
+                peers = [format_peer(s.getsockname()) for s in socks]
+                await asyncio.sleep(0.05)
+                assert [receiver.reply(p, b"ack") for p in peers] == [False, True, True,
+                                                                      False]
+                assert [await _recv_raw(s) for s in socks[1:3]] == [b"ack", b"ack"]
+                assert await _recv_raw(socks[0], 0.1) is None
+        finally:
+            for sock in socks:
+                sock.close()
+
+    run(main())
+    with pytest.raises(InputError, match="reply_peers"):
+        UdpConfig(reply_peers=0)
+
+
+@pytest.mark.network
+def test_udp_sender_ignores_bad_feedback() -> None:
+    async def main() -> None:
+        fake_receiver = _raw_udp()
+        try:
+            async with open_sender("udp", fake_receiver.getsockname()) as sender:
+                await sender.send([b"data"])
+                loop = asyncio.get_running_loop()
+                _, addr = await asyncio.wait_for(loop.sock_recvfrom(fake_receiver, 2048), 2)
+                for message in (b"", b"x" * (DEFAULT_MAX_PACKET + 1), b"good"):
+                    fake_receiver.sendto(message, addr)
+                assert await sender.wait_feedback(2) == [b"good"]
+                await asyncio.sleep(0.05)
+                assert sender.take_feedback() == [] and sender.feedback_rejected == 2
+        finally:
+            fake_receiver.close()
+
+    run(main())
+
+
+@pytest.mark.network
+def test_webrtc_feedback_round_trip() -> None:
+    async def main() -> None:
+        async with open_receiver("webrtc", LOOPBACK) as receiver:
+            async with open_sender("webrtc", receiver.address) as sender:
+                await sender.send([b"data"])
+                _, peer = (await collect(receiver, 1))[0]
+                assert receiver.reply("127.0.0.1:9", b"x") is False
+                assert receiver.reply(peer, b"report") is True
+                assert await sender.wait_feedback(5) == [b"report"]
+            await _until(lambda: receiver.peers == 0)
+            assert receiver.reply(peer, b"late") is False  # the session is over
+            assert (receiver.replies_sent, receiver.replies_failed) == (1, 2)
 
     run(main())

@@ -12,8 +12,14 @@ All of them implement the narrow interface of :mod:`.base`::
 ``open_sender`` / ``open_receiver`` build an endpoint without opening it; it opens on
 ``async with``, on ``await``, or on first use. Keyword options are the fields of the
 kind's config (:class:`TransportConfig`, :class:`UdpConfig`, ``WebRTCConfig``); the
-memory sender also takes ``loss=`` (:class:`LossPattern`) and ``peer=``. The WebRTC
-modules (and aiortc) are imported only when first needed.
+memory sender also takes ``loss=``, ``feedback_loss=`` (:class:`LossPattern`) and
+``peer=``. The WebRTC modules (and aiortc) are imported only when first needed.
+
+Every transport also carries small messages back, receiver to sender (the back channel
+of :mod:`.base`)::
+
+    receiver.reply(peer, report)                # best effort: True if handed over
+    reports = await sender.wait_feedback(0.1)   # or sender.take_feedback()
 
 A transport never looks inside a packet: the largest message it accepts is its config's
 ``max_packet``, and :func:`max_message_size` tells a sender how large its packets may be
@@ -80,7 +86,9 @@ def open_sender(kind: str, target: Any, **opts: Any) -> PacketSender:
         return rtc.WebRTCSender(target, _config(rtc.WebRTCConfig, kind, opts))
     if kind == "memory":
         loss, peer = opts.pop("loss", None), opts.pop("peer", None)
-        return MemorySender(target, _config(TransportConfig, kind, opts), loss=loss, peer=peer)
+        feedback_loss = opts.pop("feedback_loss", None)
+        return MemorySender(target, _config(TransportConfig, kind, opts), loss=loss, peer=peer,
+                            feedback_loss=feedback_loss)
     raise InputError(f"unknown transport {kind!r}; available: {', '.join(KINDS)}")
 
 

@@ -18,6 +18,23 @@ rate whose depth is :data:`PACING_BURST_BYTES`: a packet leaves as soon as the b
 holds its size, otherwise the sender sleeps until it does. The small depth absorbs the
 event loop's ~1 ms timer granularity (an oversleep is caught up by the next packets
 instead of lowering the long-run rate) while keeping bursts to a few packets.
+
+Back channel (receiver -> sender feedback). A receiver may answer a sender with small
+opaque messages: :meth:`PacketReceiver.reply` sends one to the sender that
+:meth:`~PacketReceiver.recv` named ``peer``; the sender collects them with
+:meth:`PacketSender.take_feedback` or :meth:`PacketSender.wait_feedback`. The transport
+never looks inside a message (the report format belongs to the layer above). Like the
+forward path it is best effort and bounded:
+
+* ``reply`` never raises: it returns False (and counts a failure) when the transport has
+  no back channel, the peer is unknown or gone, the message is not non-empty bytes of at
+  most ``max_packet`` bytes, or the network refuses it. True means "handed to the
+  network", not "delivered".
+* A sender keeps at most ``feedback_queue`` messages; when full, the oldest is dropped
+  (counted in :attr:`PacketSender.feedback_overflowed`), so a sender that never reads
+  feedback holds bounded memory, and one that never receives any works as before.
+* Rate limiting, authentication and deciding whom to answer are the caller's business:
+  a transport replies to any peer it has heard from recently.
 """
 
 from __future__ import annotations
@@ -27,6 +44,7 @@ import ipaddress
 import math
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -36,6 +54,7 @@ from resilient_tx.errors import InputError, TransportError
 
 PACING_BURST_BYTES = 4 * DEFAULT_MAX_PACKET
 DEFAULT_MAX_QUEUE = 65536  # received packets buffered before new ones are dropped
+DEFAULT_FEEDBACK_QUEUE = 256  # feedback messages a sender buffers; the oldest go first
 
 Address = tuple[str, int]
 _E = TypeVar("_E", bound="Endpoint")
@@ -122,17 +141,20 @@ class TransportConfig:
     transport accepts (module docstring). ``max_packet``: the largest message a sender
     sends (larger ones are refused) and a receiver accepts (larger ones are dropped).
     ``max_queue``: packets a receiver buffers for ``recv``; beyond that it drops, as a
-    full socket buffer would.
+    full socket buffer would. ``feedback_queue``: back-channel messages a sender buffers
+    until they are taken; beyond that the oldest is dropped (module docstring).
     """
 
     pace_mbit: float | None = None
     max_packet: int = DEFAULT_MAX_PACKET
     max_queue: int = DEFAULT_MAX_QUEUE
+    feedback_queue: int = DEFAULT_FEEDBACK_QUEUE
 
     def __post_init__(self) -> None:
         _check_pace(self.pace_mbit)
         check_positive_int("max_packet", self.max_packet)
         check_positive_int("max_queue", self.max_queue)
+        check_positive_int("feedback_queue", self.feedback_queue)
 
 
 def _check_pace(pace: float | None) -> None:
@@ -148,6 +170,13 @@ def check_positive_int(name: str, value: int) -> None:
     """Validate a count-like option: an int >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InputError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_wait_seconds(name: str, value: float) -> None:
+    """Validate a wait: a finite number >= 0 (0 polls without waiting)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0):
+        raise InputError(f"{name} must be a non-negative number of seconds, got {value!r}")
 
 
 def check_positive_seconds(name: str, value: float) -> None:
@@ -255,12 +284,90 @@ class Endpoint(ABC):
 
 
 class PacketSender(Endpoint):
-    """Sends datagrams, best effort: a lost packet is never an error."""
+    """Sends datagrams, best effort: a lost packet is never an error.
+
+    It also collects what the receiver sends back (module docstring, "Back channel"):
+    a transport feeds each message to :meth:`_feedback_received`, which keeps the newest
+    ``config.feedback_queue`` of them for :meth:`take_feedback` / :meth:`wait_feedback`.
+    """
 
     def __init__(self, config: TransportConfig) -> None:
         super().__init__()
         self.config = config
         self._pacer = Pacer(config.pace_mbit)
+        self._feedback: deque[bytes] = deque()
+        self._feedback_arrived = asyncio.Event()
+        self._feedback_counts = {"received": 0, "rejected": 0, "overflowed": 0}
+
+    @property
+    def feedback_received(self) -> int:
+        """Feedback messages accepted into the queue since the sender was built."""
+        return self._feedback_counts["received"]
+
+    @property
+    def feedback_rejected(self) -> int:
+        """Feedback messages ignored: empty, oversized, not bytes, or after close."""
+        return self._feedback_counts["rejected"]
+
+    @property
+    def feedback_overflowed(self) -> int:
+        """Queued feedback messages dropped, oldest first, because the queue was full."""
+        return self._feedback_counts["overflowed"]
+
+    def take_feedback(self) -> list[bytes]:
+        """Every feedback message received since the last call, oldest first."""
+        taken = list(self._feedback)
+        self._feedback.clear()
+        return taken
+
+    async def wait_feedback(self, timeout: float) -> list[bytes]:
+        """Wait up to ``timeout`` s for feedback, then :meth:`take_feedback`.
+
+        Returns at once when messages are already queued or the sender is closed (a close
+        during the wait wakes it too), and ``[]`` when nothing came in time. It never
+        opens the sender: nothing can arrive before the sender has sent.
+        """
+        check_wait_seconds("timeout", timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._feedback and not self._closed:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            # Cleared only while the queue is empty, so a message that arrives from now
+            # on sets it again; another waiter may have taken the messages that woke us.
+            self._feedback_arrived.clear()
+            try:
+                await asyncio.wait_for(self._feedback_arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        return self.take_feedback()
+
+    def _feedback_received(self, data: object) -> bool:
+        """Queue one message from the receiver (transports call this); never raises.
+
+        False when the message was ignored: not bytes, empty, larger than ``max_packet``,
+        or the sender is closed. A full queue drops its oldest message to make room,
+        because the newest report describes the network best.
+        """
+        if (self._closed or not isinstance(data, bytes)
+                or not 0 < len(data) <= self.config.max_packet):
+            self._feedback_counts["rejected"] += 1
+            return False
+        if len(self._feedback) >= self.config.feedback_queue:
+            self._feedback.popleft()
+            self._feedback_counts["overflowed"] += 1
+        self._feedback.append(data)
+        self._feedback_counts["received"] += 1
+        self._feedback_arrived.set()
+        return True
+
+    async def close(self) -> None:
+        """Release the transport (idempotent) and wake every :meth:`wait_feedback`."""
+        try:
+            await super().close()
+        finally:
+            self._feedback_arrived.set()
 
     async def send(self, packets: Sequence[bytes]) -> SendStats:
         """Send ``packets`` in order, paced; return once all are handed to the network.
@@ -308,7 +415,44 @@ class PacketSender(Endpoint):
 
 
 class PacketReceiver(Endpoint):
-    """Yields ``(datagram, peer)`` pairs; ``async for`` ends when the receiver closes."""
+    """Yields ``(datagram, peer)`` pairs; ``async for`` ends when the receiver closes.
+
+    :meth:`reply` answers a peer over the back channel (module docstring); a transport
+    provides one by overriding :meth:`_reply`, and the default has none.
+    """
+
+    def __init__(self, config: TransportConfig = DEFAULT_CONFIG) -> None:
+        super().__init__()
+        self.config = config
+        self._replies = {"sent": 0, "failed": 0}
+
+    @property
+    def replies_sent(self) -> int:
+        """Replies handed to the network (delivery is not confirmed)."""
+        return self._replies["sent"]
+
+    @property
+    def replies_failed(self) -> int:
+        """Replies refused: no back channel, unknown peer, bad message, network error."""
+        return self._replies["failed"]
+
+    def reply(self, peer: str, data: bytes) -> bool:
+        """Send ``data`` back to the sender that :meth:`recv` named ``peer``; never raises.
+
+        True once the message is handed to the network (it may still be lost); False,
+        counted in :attr:`replies_failed`, when it cannot be: the receiver is not open,
+        the transport has no back channel, ``peer`` is unknown or gone, ``data`` is not
+        non-empty bytes of at most ``max_packet`` bytes, or the network refuses it.
+        """
+        ok = (self._opened and not self._closed and isinstance(peer, str)
+              and isinstance(data, bytes) and 0 < len(data) <= self.config.max_packet
+              and self._reply(peer, data))
+        self._replies["sent" if ok else "failed"] += 1
+        return ok
+
+    def _reply(self, peer: str, data: bytes) -> bool:
+        """Hand one checked reply to ``peer``; False if there is no way to. Must not raise."""
+        return False
 
     @property
     @abstractmethod
@@ -345,8 +489,7 @@ class QueuedReceiver(PacketReceiver):
     """
 
     def __init__(self, config: TransportConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self._queue: asyncio.Queue[tuple[bytes, str] | None] = asyncio.Queue()
         self._counts = {"packets": 0, "bytes": 0, "rejected": 0, "overflowed": 0}
 

@@ -9,11 +9,20 @@ Losses are scripted by a :class:`LossPattern`: explicit packet indices to drop a
 seeded :class:`~resilient_tx.transport.channel.ChannelConfig` run through
 :func:`~resilient_tx.transport.channel.transmit` (loss, duplication, corruption, reordering),
 so a test knows exactly which packets arrive.
+
+Back channel (see :mod:`.base`). While a sender is open it is attached to its receiver
+under its peer string, so :meth:`MemoryReceiver.reply` hands a message straight to that
+sender's feedback queue; a closed (or garbage-collected) sender is gone and replies to it
+fail. The sender's ``feedback_loss`` scripts the losses of replies the way ``loss`` does
+for packets, counting replies instead of packets (each reply is its own one-message
+``send`` call), and ``LossPattern(drop=range(n))`` blocks the first ``n`` of them. If
+two open senders use the same peer string, replies go to the one attached last.
 """
 
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -81,6 +90,9 @@ class MemoryReceiver(QueuedReceiver):
             raise InputError(f"a memory receiver's name must be a str or None, got {name!r}")
         super().__init__(config)
         self.name = name
+        # Weak: a sender dropped without close() must not be kept alive by its receiver.
+        self._senders: weakref.WeakValueDictionary[str, MemorySender] = \
+            weakref.WeakValueDictionary()
 
     @property
     def address(self) -> MemoryReceiver | str:
@@ -95,24 +107,50 @@ class MemoryReceiver(QueuedReceiver):
         _REGISTRY[self.name] = self
 
     async def _close(self) -> None:
+        self._senders.clear()
         if self.name is not None and _REGISTRY.get(self.name) is self:
             del _REGISTRY[self.name]
+
+    def _attach(self, sender: MemorySender) -> None:
+        """Make ``sender`` reachable by :meth:`reply` under its peer string."""
+        if not self._closed:
+            self._senders[sender.peer] = sender
+
+    def _detach(self, sender: MemorySender) -> None:
+        if self._senders.get(sender.peer) is sender:
+            del self._senders[sender.peer]
+
+    def _reply(self, peer: str, data: bytes) -> bool:
+        sender = self._senders.get(peer)
+        if sender is None or sender.closed:
+            return False
+        sender._feedback_arrives(data)
+        return True
 
 
 class MemorySender(PacketSender):
     """Delivers into a :class:`MemoryReceiver` (object or registered name), losing per
-    ``loss``. Sending to a closed receiver silently loses the packets, as UDP would."""
+    ``loss``; the receiver's replies reach it losing per ``feedback_loss``. Sending to a
+    closed receiver silently loses the packets, as UDP would."""
 
     def __init__(self, target: MemoryReceiver | str,
                  config: TransportConfig = DEFAULT_CONFIG,
-                 loss: LossPattern | None = None, peer: str | None = None) -> None:
+                 loss: LossPattern | None = None, peer: str | None = None,
+                 feedback_loss: LossPattern | None = None) -> None:
         super().__init__(config)
+        for name, pattern in (("loss", loss), ("feedback_loss", feedback_loss)):
+            if pattern is not None and not isinstance(pattern, LossPattern):
+                raise InputError(f"{name} must be a LossPattern or None, got {pattern!r}")
+        if peer is not None and not isinstance(peer, str):
+            raise InputError(f"peer must be a str or None, got {peer!r}")
         self._target = target
         self._receiver: MemoryReceiver | None = None
         self.loss = loss
+        self.feedback_loss = feedback_loss
         self.peer = peer if peer is not None else f"memory-{next(_PEER_IDS)}"
         self._sent = 0
         self._calls = 0
+        self._reply_count = 0
 
     async def _open(self) -> None:
         if isinstance(self._target, MemoryReceiver):
@@ -121,9 +159,21 @@ class MemorySender(PacketSender):
             self._receiver = _REGISTRY[self._target]
         else:
             raise TransportError(f"no memory receiver is listening on {self._target!r}")
+        self._receiver._attach(self)
 
     async def _close(self) -> None:
+        if self._receiver is not None:
+            self._receiver._detach(self)
         self._receiver = None
+
+    def _feedback_arrives(self, data: bytes) -> None:
+        """One reply from the receiver, through ``feedback_loss`` into the queue."""
+        index = self._reply_count
+        self._reply_count += 1
+        arrived = [data] if self.feedback_loss is None else \
+            self.feedback_loss.apply([data], index, index)
+        for message in arrived:
+            self._feedback_received(message)
 
     def _on_wire(self, batch: list[bytes]) -> list[bytes]:
         first, call = self._sent, self._calls

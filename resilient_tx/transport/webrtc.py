@@ -21,6 +21,14 @@ each message, pauses while ``bufferedAmount > high_water`` until the channel's
 channel buffer and the SCTP send queue to empty before tearing the connection down, so
 a sender that sends and closes at once does not lose its tail.
 
+Back channel (see :mod:`.base`). The data channel is bidirectional: the receiver keeps
+each session's channel under the peer string it reports with that sender's packets and
+:meth:`WebRTCReceiver.reply` sends a binary message on it, unreliable and unordered like
+the forward direction; the sender passes every binary message it gets on its channel to
+its feedback queue (text messages are ignored). A channel is forgotten when it closes or
+its session ends, and a reply is refused rather than queued while the channel's
+``bufferedAmount`` exceeds ``high_water``.
+
 aiortc quirk: aiortc splits a message into several SCTP DATA chunks above
 :data:`SCTP_CHUNK_PAYLOAD` bytes (1160 in aiortc 1.16, whose SCTP packets are capped at
 1189 bytes), so 1161..1200-byte messages travel as two chunks. Pass
@@ -164,6 +172,7 @@ class WebRTCSender(PacketSender):
         channel = pc.createDataChannel(CHANNEL_LABEL, ordered=False, maxRetransmits=0)
         channel.bufferedAmountLowThreshold = self._rtc.low_water
         channel.on("open", opened.set)
+        channel.on("message", self._feedback_received)  # counts and ignores str messages
         channel.on("bufferedamountlow", self._writable.set)
         channel.on("close", self._writable.set)  # wake a paused send to see the close
         return channel
@@ -217,6 +226,7 @@ class WebRTCReceiver(QueuedReceiver):
         self.listen = as_address(listen, allow_port_zero=True)
         self._rtc = config
         self._server = TcpSignalingServer(self.listen, self._session)
+        self._channels: dict[str, RTCDataChannel] = {}  # peer -> its open session's channel
 
     @property
     def address(self) -> Address:
@@ -235,14 +245,35 @@ class WebRTCReceiver(QueuedReceiver):
 
     async def _close(self) -> None:
         await self._server.close()
+        self._channels.clear()
+
+    def _reply(self, peer: str, data: bytes) -> bool:
+        channel = self._channels.get(peer)
+        if channel is None or channel.readyState != "open":
+            return False
+        if channel.bufferedAmount > self._rtc.high_water:  # bounded: refuse, never queue
+            return False
+        try:
+            channel.send(data)
+        except Exception as exc:  # noqa: BLE001 - aiortc's errors vary; reply never raises
+            logger.debug("WebRTC reply to %s failed: %s", peer, exc)
+            return False
+        return True
 
     async def _session(self, signaling: Signaling) -> None:
         """One sender's session: handshake, then hold the peer connection until it ends."""
         pc = _peer_connection()
+        peer = signaling.peer
         try:
             await self._serve(signaling, pc)
         finally:
             await pc.close()
+            # Closing the connection closes its channel, which normally forgets it; this
+            # catches a channel that never reported it. An open one belongs to a newer
+            # session that reuses the peer string, and stays.
+            channel = self._channels.get(peer)
+            if channel is not None and channel.readyState != "open":
+                self._forget(peer, channel)
 
     async def _serve(self, signaling: Signaling, pc: RTCPeerConnection) -> None:
         peer = signaling.peer
@@ -261,6 +292,12 @@ class WebRTCReceiver(QueuedReceiver):
             logger.info("peer %s opened a reliable or ordered channel %r; accepting it",
                         peer, channel.label)
         channel.on("message", lambda message: self.deliver(message, peer))
+        self._channels[peer] = channel
+        channel.on("close", lambda: self._forget(peer, channel))
+
+    def _forget(self, peer: str, channel: RTCDataChannel) -> None:
+        if self._channels.get(peer) is channel:
+            del self._channels[peer]
 
 
 async def _until_over(signaling: Signaling, ended: asyncio.Event) -> None:
