@@ -86,3 +86,11 @@ class AuthenticationError(PacketError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class FeedbackError(PacketError):
+    """A feedback report from a receiver is malformed, corrupted, or fails its tag.
+
+    The sender ignores such a report (and keeps planning from what it knew), exactly as
+    the receiver drops a bad packet.
+    """

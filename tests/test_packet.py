@@ -13,6 +13,7 @@ from resilient_tx.errors import BitstreamError, InputError, PacketError, Resilie
 from resilient_tx.resilience.packet import (
     DEFAULT_MAX_PACKET,
     HEADER_SIZE,
+    HEADER_SIZE_V1,
     KEYED_FLAG,
     MAGIC,
     TRAILER_SIZE,
@@ -32,13 +33,15 @@ EXAMPLES = settings(max_examples=100, deadline=None,
 def packets(draw: st.DrawFn, max_payload_size: int = 256, keyed: bool = False) -> Packet:
     k = draw(st.integers(1, 300))
     n = draw(st.integers(k, 0xFFFF))
+    total = draw(st.one_of(st.none(), st.integers(1, 0xFFFF)))  # None: version 1
+    seq = None if total is None else draw(st.integers(0, total - 1))
     return Packet(
         image_id=draw(st.integers(0, 0xFFFFFFFF)),
         model_id=draw(st.binary(min_size=8, max_size=8)),
         width=draw(st.integers(1, 0xFFFF)),
         height=draw(st.integers(1, 0xFFFF)),
         rate_point=draw(st.integers(0, 0xFF)),
-        stage=draw(st.integers(1, 0xFF)),
+        stage=draw(st.integers(1 if total is None else 0, 0xFF)),
         index=draw(st.integers(0, n - 1)),
         k=k,
         n=n,
@@ -48,6 +51,8 @@ def packets(draw: st.DrawFn, max_payload_size: int = 256, keyed: bool = False) -
                                st.integers(0, (1 << 64) - 1), st.binary(min_size=16,
                                                                         max_size=16)))
         if keyed else None,
+        seq=seq,
+        total=total,
     )
 
 
@@ -60,7 +65,7 @@ def example(**overrides: object) -> Packet:
 
 def raw(values: dict[str, object], payload: bytes = b"xy", crc_ok: bool = True) -> bytes:
     """Hand-built datagram with a VALID CRC over arbitrary header values."""
-    base = dict(magic=MAGIC, version=VERSION, flags=0, image_id=1, model_id=b"m" * 8,
+    base = dict(magic=MAGIC, version=1, flags=0, image_id=1, model_id=b"m" * 8,
                 width=16, height=16, rate_point=0, stage=1, index=0, k=1, n=1,
                 length=len(payload))
     base.update(values)
@@ -73,21 +78,51 @@ def raw(values: dict[str, object], payload: bytes = b"xy", crc_ok: bool = True) 
 @given(packets())
 def test_round_trip(packet: Packet) -> None:
     data = bytes(packet)
-    assert len(data) == HEADER_SIZE + len(packet.payload) == packet.size
+    assert len(data) == packet.header_size + len(packet.payload) == packet.size
+    assert packet.header_size == (HEADER_SIZE_V1 if packet.seq is None else HEADER_SIZE)
+    assert data[4] == packet.version
     assert Packet.parse(data) == packet
     assert Packet.parse(bytearray(data)) == packet
     assert Packet.parse(memoryview(data)) == packet
 
 
-def test_header_layout_is_36_bytes_with_every_field_in_place() -> None:
+def test_version_1_header_layout_is_36_bytes_with_every_field_in_place() -> None:
     packet = example(image_id=0x01020304, flags=0x80, payload=b"abc")
     data = bytes(packet)
-    assert HEADER_SIZE == 36
-    assert data[:4] == b"RTXP" and data[4] == VERSION and data[5] == 0x80
+    assert HEADER_SIZE_V1 == 36
+    assert data[:4] == b"RTXP" and data[4] == 1 and data[5] == 0x80
     values = FIELDS.unpack_from(data)
     assert values[3:] == (0x01020304, bytes(range(8)), 768, 512, 1, 2, 3, 4, 6, 3)
     assert struct.unpack_from("<I", data, 32)[0] == zlib.crc32(data[:32] + b"abc")
     assert data[36:] == b"abc"
+
+
+def test_version_2_header_adds_seq_and_total_before_the_crc() -> None:
+    packet = example(image_id=0x01020304, payload=b"abc", seq=5, total=0x0102)
+    data = bytes(packet)
+    assert HEADER_SIZE == 40 and VERSION == 2 and data[4] == 2
+    assert FIELDS.unpack_from(data)[3:] == (0x01020304, bytes(range(8)), 768, 512, 1, 2, 3,
+                                            4, 6, 3)
+    assert struct.unpack_from("<HH", data, 32) == (5, 0x0102)
+    assert struct.unpack_from("<I", data, 36)[0] == zlib.crc32(data[:36] + b"abc")
+    assert data[40:] == b"abc"
+
+
+def test_seq_and_total_come_together_and_in_range() -> None:
+    for bad in (dict(seq=1), dict(total=3), dict(seq=3, total=3), dict(seq=0, total=0)):
+        with pytest.raises(InputError):
+            example(**bad)
+    with pytest.raises(InputError, match="version 2"):
+        example(stage=0)
+    assert example(stage=0, seq=0, total=1).is_meta
+
+
+def test_a_version_2_header_with_seq_past_total_is_rejected() -> None:
+    data = bytearray(bytes(example(seq=1, total=2, payload=b"")))
+    struct.pack_into("<HH", data, 32, 2, 2)  # seq 2 of 2 packets
+    struct.pack_into("<I", data, 36, zlib.crc32(bytes(data[:36])))
+    with pytest.raises(PacketError, match="seq 2 of 2"):
+        Packet.parse(bytes(data))
 
 
 def test_parity_flag_follows_index() -> None:
@@ -158,7 +193,7 @@ def test_mutations_raise_only_packet_error(packet: Packet,
     ("values", "message"),
     [
         ({"magic": b"RTXF"}, "bad magic"),
-        ({"version": 2}, "version"),
+        ({"version": 3}, "version"),
         ({"width": 0}, "image size"),
         ({"height": 0}, "image size"),
         ({"stage": 0}, "stage 0"),
@@ -215,11 +250,13 @@ def test_size_limits_default_to_1200_and_are_configurable() -> None:
     assert max_payload() == 1200 - HEADER_SIZE
     assert max_payload(1500) == 1500 - HEADER_SIZE
     assert max_payload(10**6) == 0xFFFF  # the u16 length field caps it
-    fits = example(payload=bytes(max_payload()))
+    assert max_payload(header_size=HEADER_SIZE_V1) == 1200 - HEADER_SIZE_V1
+    v2 = dict(seq=0, total=1)
+    fits = example(payload=bytes(max_payload()), **v2)
     assert check_size(fits) == 1200
     with pytest.raises(InputError, match="over the 1200-byte limit"):
-        check_size(example(payload=bytes(max_payload() + 1)))
-    assert check_size(example(payload=bytes(max_payload() + 1)), limit=1201) == 1201
+        check_size(example(payload=bytes(max_payload() + 1), **v2))
+    assert check_size(example(payload=bytes(max_payload() + 1), **v2), limit=1201) == 1201
     for bad in (HEADER_SIZE, 0, 1.5):
         with pytest.raises(InputError):
             max_payload(bad)  # type: ignore[arg-type]
@@ -230,7 +267,7 @@ def test_size_limits_default_to_1200_and_are_configurable() -> None:
 def test_keyed_round_trip_sets_bit_3_and_appends_the_trailer(packet: Packet) -> None:
     data = bytes(packet)
     assert data[5] & KEYED_FLAG and data[5] & ~KEYED_FLAG == packet.flags
-    assert len(data) == HEADER_SIZE + len(packet.payload) + TRAILER_SIZE == packet.size
+    assert len(data) == packet.header_size + len(packet.payload) + TRAILER_SIZE == packet.size
     assert packet.trailer is not None and data[-TRAILER_SIZE:] == bytes(packet.trailer)
     assert Packet.parse(data) == packet
 
@@ -247,7 +284,7 @@ def test_keyed_packet_cut_anywhere_is_rejected(packet: Packet, data: st.DataObje
 def test_unkeyed_bytes_do_not_change_with_a_trailer_field() -> None:
     # The v1 layout test above pins the bytes; a packet without trailer is exactly that.
     plain = example(payload=b"abc")
-    assert bytes(plain)[5] & KEYED_FLAG == 0 and plain.size == HEADER_SIZE + 3
+    assert bytes(plain)[5] & KEYED_FLAG == 0 and plain.size == HEADER_SIZE_V1 + 3
     keyed = example(payload=b"abc", trailer=Trailer(b"s" * 8, 5))
     assert bytes(keyed)[: 5] == bytes(plain)[: 5]
-    assert bytes(keyed)[HEADER_SIZE:-TRAILER_SIZE] == b"abc"
+    assert bytes(keyed)[HEADER_SIZE_V1:-TRAILER_SIZE] == b"abc"

@@ -139,3 +139,30 @@ def test_tiny_images_with_empty_stages_round_trip(tmp_path, tiny_config, hw, pro
     assert asm is not None
     got = reassembly.decode(codec, asm)
     assert bool(got.known.all()) and torch.equal(got.tokens, out.tokens)
+
+
+def test_version_2_numbers_every_packet_and_sends_the_name_first_and_last(
+        tmp_path, tiny_config, image) -> None:
+    pk = Packetizer(make_codec(tmp_path, tiny_config), fec.get_profile("light"),
+                    max_packet=200)
+    out = pk.packetize(image, image_id=9, name="../photos/holiday.png")
+    total = len(out.packets)
+    assert [p.seq for p in out.packets] == list(range(total))
+    assert {p.total for p in out.packets} == {total}
+    first, last = out.packets[0], out.packets[-1]
+    assert first.is_meta and last.is_meta and (first.index, last.index) == (0, 1)
+    assert first.payload == last.payload == b"holiday.png"  # no directories travel
+    assert sum(p.is_meta for p in out.packets) == 2
+    assert [Packet.parse(bytes(p)) for p in out.packets] == list(out.packets)
+    assert all(p.size <= 200 for p in out.packets)
+
+
+def test_version_1_on_request_writes_no_positions_and_no_name(tmp_path, tiny_config,
+                                                              image) -> None:
+    pk = Packetizer(make_codec(tmp_path, tiny_config), fec.get_profile("light"),
+                    max_packet=200, wire_version=1)
+    out = pk.packetize(image, image_id=9, name="x.png")
+    assert all(p.seq is None and p.total is None and not p.is_meta for p in out.packets)
+    assert all(bytes(p)[4] == 1 for p in out.packets)
+    with pytest.raises(InputError, match="wire version"):
+        Packetizer(pk.codec, fec.get_profile("light"), wire_version=3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -150,3 +151,27 @@ def test_adversarial_headers_never_raise(setup) -> None:
         tokens, known = got.tokens, got.known
         assert tokens.shape == out.tokens.shape
         assert torch.equal(tokens[:, known], out.tokens[:, known])
+
+
+def test_a_stage_lost_whole_still_counts_in_the_packets_sent(setup) -> None:
+    codec, out = setup
+    gone = max(out.stages, key=lambda st: st.k + st.parity).stage
+    kept = [p for p in out.packets if p.stage != gone]
+    _, _, rep = receive(codec, kept)
+    assert rep.packets_sent == len(out.packets)  # the total every packet announces
+    assert rep.packets_sent - rep.packets_received == len(out.packets) - len(kept)
+    # Without version 2's total, only the stages seen would be counted.
+    assert rep.packets_sent > sum(st.k + st.parity for st in out.stages if st.stage != gone)
+
+
+def test_the_metadata_packet_names_the_image_and_a_contradicting_copy_is_rejected(
+        tmp_path) -> None:
+    codec = make_codec(tmp_path, TINY)
+    image = load_rgb(sample_path())[:64, :64]
+    out = Packetizer(codec, fec.get_profile("light"), max_packet=200).packetize(
+        image, 3, name="cat.png")
+    asm = assemble(bytes(p) for p in out.packets[1:])  # the first copy lost
+    assert asm is not None and asm.name == b"cat.png"
+    forged = dataclasses.replace(out.packets[0], payload=b"dog.png")
+    assert not asm.add(forged) and asm.name == b"cat.png"
+    assert asm.packets_received == len(out.packets) - 1

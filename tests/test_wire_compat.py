@@ -65,7 +65,7 @@ def test_rtx_decodes_to_the_same_tokens_and_reencodes_byte_identically(case) -> 
 def test_packetizer_reproduces_the_packets_byte_for_byte(case) -> None:
     rate, codec, tokens = case
     pk = Packetizer(codec, fec.get_profile("light"), rate_point=7, max_packet=120,
-                    context_depth=2)
+                    context_depth=2, wire_version=1)
     plans = pk.plan_stages(tokens)
     h, w = 128, 192
     first = Packet.parse(_packets(rate)[0])

@@ -3,11 +3,12 @@
 The loop itself is :func:`~resilient_tx.app.session.receive_images`; this command adds
 the options (a :class:`~resilient_tx.config.ReceiverConfig`: flags over ``--config
 FILE``'s ``recv:`` section over the defaults), writes each image as
-``OUT_DIR/<image id>.png`` and prints one report line (or JSON object) per image.
+``OUT_DIR/<sender's file name>.png`` (sanitised, see :func:`file_stem`; the hex image id
+when no name arrived) and prints one report line (or JSON object) per image.
 
-An existing file is never replaced (a second image with the same id, e.g. from another
-sender, becomes ``<image id>-1.png``) unless ``--overwrite``; names are made of the hex id
-only, so nothing is written outside ``OUT_DIR``. Dropped packets and images are counted
+An existing file is never replaced (a second image with the same name, e.g. from another
+sender, becomes ``<name>-1.png``) unless ``--overwrite``, and nothing is written outside
+``OUT_DIR``. Dropped packets and images are counted
 by reason, shown with every image and summarised on exit.
 """
 
@@ -74,13 +75,38 @@ def _drops_text(drops: dict[str, int]) -> str:
     return "; dropped so far: " + ", ".join(f"{n} {r}" for r, n in drops.items())
 
 
-def output_path(out_dir: Path, image_id: int, overwrite: bool) -> Path:
-    """``OUT_DIR/<id>.png``, or with ``-1``, ``-2``... the first name not yet taken."""
-    path = out_dir / f"{image_id:08x}.png"
+MAX_STEM = 100  # characters of a sender's file name kept in an output name
+
+
+def file_stem(name: bytes | None, image_id: int) -> str:
+    """The output name (without ``.png``) for an image the sender called ``name``.
+
+    A sender's name is untrusted: only its last path component is used, undecodable bytes
+    and anything but letters, digits, ``-``, ``_``, ``.`` and spaces become ``_``, leading
+    dots go (no hidden files, no ``..``), it is cut to :data:`MAX_STEM` characters, and
+    its extension is dropped (the output is always PNG). Nothing usable left (or no name
+    sent: a version-1 sender, or the name's packets lost): the hex image id.
+    """
+    if name:
+        text = name.decode("utf-8", "replace").replace("\\", "/").rsplit("/", 1)[-1]
+        stem = text.rsplit(".", 1)[0] if "." in text.lstrip(".") else text
+        stem = "".join(c if c.isalnum() or c in "-_. " else "_" for c in stem)
+        stem = stem.lstrip(". ").rstrip(" ")[:MAX_STEM].rstrip(". ")
+        if stem.strip("_"):
+            return stem
+    return f"{image_id:08x}"
+
+
+def output_path(out_dir: Path, image_id: int, overwrite: bool,
+                name: bytes | None = None) -> Path:
+    """``OUT_DIR/<stem>.png`` (:func:`file_stem`), or with ``-1``, ``-2``... the first
+    name not yet taken."""
+    stem = file_stem(name, image_id)
+    path = out_dir / f"{stem}.png"
     n = 0
     while not overwrite and path.exists():
         n += 1
-        path = out_dir / f"{image_id:08x}-{n}.png"
+        path = out_dir / f"{stem}-{n}.png"
     return path
 
 
@@ -92,7 +118,8 @@ async def _write(got: ReceivedImage, cfg: ReceiverConfig) -> None:
     from resilient_tx.images import FAST_PNG_LEVEL, save_rgb
 
     # Writes are awaited one at a time, so no two images race for the same free name.
-    path = output_path(Path(cfg.out_dir), got.image_id, cfg.overwrite)
+    path = output_path(Path(cfg.out_dir), got.image_id, cfg.overwrite,
+                       got.due.assembler.name)
     await asyncio.get_running_loop().run_in_executor(None, save_rgb, got.image, path,
                                                      FAST_PNG_LEVEL)
     print(report_line(got, path, got.latency(), cfg.json), flush=True)
@@ -162,7 +189,8 @@ def add_parser(sub: Any) -> None:
     r = sub.add_parser("recv", help="receive images, decode what arrived, inpaint the rest",
                        description="Collect packets per image until it is complete or "
                        "--deadline seconds pass after its last packet, then decode, inpaint "
-                       "and write OUT_DIR/<image id>.png, printing one report line per image.")
+                       "and write OUT_DIR/NAME.png (NAME: the sender's file name, sanitised, "
+                       "or the image id), printing one report line per image.")
     for name, help, metavar in [
         ("listen", f"HOST:PORT to listen on (default: {d.listen})", None),
         ("transport", f"default: {d.transport}", None),
@@ -177,7 +205,7 @@ def add_parser(sub: Any) -> None:
         ("json", "one JSON object per image", None),
         ("key_file", "shared secret (>= 16 bytes): accept only packets signed with it",
          "FILE"),
-        ("overwrite", "replace OUT_DIR/<id>.png if it exists (default: write <id>-1.png)",
+        ("overwrite", "replace OUT_DIR/NAME.png if it exists (default: write NAME-1.png)",
          None),
         ("replay_window", "seconds a signed packet's clock may differ from ours "
          f"(default: {d.replay_window:g})", "SECONDS"),

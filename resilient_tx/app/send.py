@@ -66,7 +66,7 @@ async def send_images(cfg: SenderConfig, sender: Sender, images: list[Image]) ->
         for i, (path, image) in enumerate(images):
             before = _refusals(tx)
             image_id = rng.getrandbits(32)
-            sent = sender.packets(image, image_id)
+            sent = sender.packets(image, image_id, None if path == "-" else path)
             raw = sender.datagrams(sent.packets)
             dropped = 0
             if chan is not None:

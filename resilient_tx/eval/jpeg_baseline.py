@@ -58,7 +58,7 @@ import math
 import re
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TypedDict
 
@@ -347,9 +347,10 @@ def _frame(chunks: list[bytes], parity_of: ParityFn, max_block: int, prefix: byt
            fields: _PacketFields) -> tuple[list[bytes], list[tuple[int, int]]]:
     """Wire datagrams of every RS block (data then parity) and each block's (k, parity).
 
-    Every payload is ``prefix`` (the Huffman tables) followed by the chunk or shard.
+    Every payload is ``prefix`` (the Huffman tables) followed by the chunk or shard; the
+    headers are version 2 like ours (seq and total), so both pay the same header bytes.
     """
-    packets: list[bytes] = []
+    packets: list[Packet] = []
     blocks: list[tuple[int, int]] = []
     n_blocks = math.ceil(len(chunks) / max_block)
     for stage, part in enumerate(np.array_split(np.arange(len(chunks)), n_blocks), 1):
@@ -360,10 +361,11 @@ def _frame(chunks: list[bytes], parity_of: ParityFn, max_block: int, prefix: byt
                              f"[0, {fec.MAX_CODEWORD - k}]")
         data = [chunks[i] for i in part]
         shards = fec.encode_shards(data, m) if m else data
-        packets += [bytes(Packet(stage=stage, index=i, k=k, n=k + m, payload=prefix + s,
-                                 **fields)) for i, s in enumerate(shards)]
+        packets += [Packet(stage=stage, index=i, k=k, n=k + m, payload=prefix + s, **fields)
+                    for i, s in enumerate(shards)]
         blocks.append((k, m))
-    return packets, blocks
+    total = len(packets)
+    return [bytes(replace(p, seq=i, total=total)) for i, p in enumerate(packets)], blocks
 
 
 def jpeg_at_bytes(image: np.ndarray, total_bytes: int, parity_fn: ParityFn | None = None,

@@ -28,10 +28,11 @@ from resilient_tx.config import ReceiverConfig
 from resilient_tx.errors import AuthenticationError, ResilientTxError
 from resilient_tx.resilience.auth import Verifier
 from resilient_tx.resilience.fec import MAX_CODEWORD
-from resilient_tx.resilience.packet import Packet
+from resilient_tx.resilience.packet import MAX_NAME_BYTES, Packet
 from resilient_tx.resilience.reassembly import ImageAssembler
 
 Key = tuple[Hashable, int, bytes]  # (sender, image id, model id)
+MAX_META_COPIES = 4  # copies of an image's metadata packet a sender may send (we send 2)
 
 # Said once, the first time a reason is counted: these point at a misconfiguration.
 NOTICES = {
@@ -204,6 +205,8 @@ class Collector:
         so a header announcing 65535 chunks costs nothing)."""
         if p.n > MAX_CODEWORD:
             return False
+        if p.is_meta:  # the file name: two copies of one short payload
+            return p.k == 1 and p.n <= MAX_META_COPIES and len(p.payload) <= MAX_NAME_BYTES
         stages = self.stage_count(p.model_id)
         if stages is not None and p.stage > stages:
             return False

@@ -68,8 +68,11 @@ class Sender:
                                      room, context_depth=cfg.context_depth,
                                      effort=cfg.effort)
 
-    def packets(self, image: np.ndarray, image_id: int) -> PacketizedImage:
-        return self.packetizer.packetize(image, image_id)
+    def packets(self, image: np.ndarray, image_id: int,
+                name: str | None = None) -> PacketizedImage:
+        """The image's packets; ``name`` (its file name) travels along for the receiver
+        to name its output after."""
+        return self.packetizer.packetize(image, image_id, name)
 
     def datagrams(self, packets: Sequence[Packet]) -> list[bytes]:
         """The bytes to send for ``packets``: signed when the sender has a key."""

@@ -2,11 +2,11 @@
 
 Every packet is self-describing, so a receiver can start decoding from whatever subset
 of packets arrives, in any order, without a session handshake. Layout (all integers
-little-endian, :data:`HEADER_SIZE` = 36 bytes)::
+little-endian; version 2, which this build writes, has :data:`HEADER_SIZE` = 40 bytes)::
 
     offset  size  field
     0       4     magic "RTXP"
-    4       1     version (this build writes and reads 1)
+    4       1     version (this build writes 2 and reads 1 and 2)
     5       1     flags: bits 0-2 = context depth c (0: stage s is coded given all stages < s;
                   c > 0: given stages 1..min(s-1, c) only, see packetizer.py); bit 3 =
                   keyed (an authentication trailer follows the payload); others 0
@@ -15,19 +15,29 @@ little-endian, :data:`HEADER_SIZE` = 36 bytes)::
     18      2     image width u16
     20      2     image height u16
     22      1     rate point id u8
-    23      1     stage u8 (1-based quincunx stage)
+    23      1     stage u8 (1-based quincunx stage; 0: the image's metadata, version 2)
     24      2     chunk index u16 (0 <= index < n; index >= k means a parity shard)
     26      2     k u16 = data chunks in the stage (k >= 1)
     28      2     n u16 = packets in the stage (n >= k)
     30      2     payload length u16
-    32      4     CRC32 of bytes 0..31 followed by the payload
-    36      ...   payload
+    32      2     seq u16: the packet's position in its image's send order (version 2)
+    34      2     total u16: packets sent for the image, all stages (version 2)
+    36      4     CRC32 of bytes 0..35 followed by the payload
+    40      ...   payload
     ...     32    keyed packets only (flag bit 3): the trailer, see :class:`Trailer`
 
-An unkeyed packet (bit 3 clear) is byte for byte the version-1 packet it always was. A
-keyed one adds :data:`TRAILER_SIZE` bytes after the payload: sender id (8 bytes), sequence
+Version 1 (36 bytes) is the same without ``seq`` and ``total``: its CRC sits at offset 32
+and covers bytes 0..31 and the payload. A version-1 receiver counts the packets of only the
+stages it saw, so a stage lost whole went unreported; ``total`` makes the true loss known,
+and ``seq`` lets the receiver measure loss runs (bursts) for its feedback reports
+(:mod:`.feedback`). Version 2 also defines stage 0: a metadata packet (k = 1, sent twice, at
+the start and the end of the image) whose payload is the sender's file name, UTF-8, at
+most :data:`MAX_NAME_BYTES` bytes; it counts in ``total`` like any packet.
+``Packet(seq=None, total=None)`` writes version 1 byte for byte, for old receivers.
+
+A keyed packet adds :data:`TRAILER_SIZE` bytes after the payload: sender id (8 bytes), sequence
 number u64 and a 16-byte tag; the payload length field still counts the payload only, and
-the CRC still covers bytes 0..31 and the payload. The tag is made and checked by
+the CRC still covers the header fields and the payload. The tag is made and checked by
 :mod:`resilient_tx.resilience.auth`; this module only frames it.
 
 Width and height are u16, not u32 as in the ``.rtx`` container: they are repeated in
@@ -53,11 +63,16 @@ from resilient_tx.config import DEFAULT_MAX_PACKET
 from resilient_tx.errors import InputError, PacketError
 
 MAGIC = b"RTXP"
-VERSION = 1
+VERSION = 2  # written; 1 is still read (and written on request)
+VERSIONS = (1, 2)
 MODEL_ID_SIZE = 8
 _FIELDS = struct.Struct("<4sBBI8sHHBBHHHH")
+_POSITION = struct.Struct("<HH")  # version 2: seq, total
 _CRC = struct.Struct("<I")
-HEADER_SIZE = _FIELDS.size + _CRC.size
+HEADER_SIZE_V1 = _FIELDS.size + _CRC.size
+HEADER_SIZE = _FIELDS.size + _POSITION.size + _CRC.size
+META_STAGE = 0  # version 2: the stage number of the image's metadata packets
+MAX_NAME_BYTES = 255
 KEYED_FLAG = 0x08  # flags bit 3: the packet ends with an authentication trailer
 SENDER_ID_SIZE = 8
 TAG_SIZE = 16
@@ -69,15 +84,16 @@ MAX_U16 = 0xFFFF
 MAX_U32 = 0xFFFFFFFF
 
 
-def max_payload(max_packet: int = DEFAULT_MAX_PACKET) -> int:
-    """Largest payload that keeps a whole packet within ``max_packet`` bytes."""
+def max_payload(max_packet: int = DEFAULT_MAX_PACKET, header_size: int = HEADER_SIZE) -> int:
+    """Largest payload that keeps a whole packet within ``max_packet`` bytes
+    (``header_size``: :data:`HEADER_SIZE_V1` for version-1 packets)."""
     if isinstance(max_packet, bool) or not isinstance(max_packet, int):
         raise InputError(f"max packet size must be an int, got {type(max_packet).__name__}")
-    if max_packet <= HEADER_SIZE:
+    if max_packet <= header_size:
         raise InputError(f"max packet size {max_packet} leaves no room for a payload after "
-                         f"the {HEADER_SIZE}-byte header")
+                         f"the {header_size}-byte header")
     # The u16 length field caps the payload whatever the path allows.
-    return min(max_packet - HEADER_SIZE, MAX_U16)
+    return min(max_packet - header_size, MAX_U16)
 
 
 def _check_int(name: str, value: int, low: int, high: int) -> None:
@@ -129,6 +145,8 @@ class Packet:
     payload: bytes
     flags: int = 0  # the header byte without KEYED_FLAG, which ``trailer`` stands for
     trailer: Trailer | None = None
+    seq: int | None = None  # version 2: position in the image's send order (None: version 1)
+    total: int | None = None  # version 2: packets sent for the image
 
     def __post_init__(self) -> None:
         # Programmer errors at construction: a sender must never build an unencodable packet.
@@ -140,7 +158,7 @@ class Packet:
         _check_int("width", self.width, 1, MAX_U16)
         _check_int("height", self.height, 1, MAX_U16)
         _check_int("rate_point", self.rate_point, 0, MAX_U8)
-        _check_int("stage", self.stage, 1, MAX_U8)
+        _check_int("stage", self.stage, 0, MAX_U8)
         _check_int("k", self.k, 1, MAX_U16)
         _check_int("n", self.n, self.k, MAX_U16)
         _check_int("index", self.index, 0, self.n - 1)
@@ -150,6 +168,31 @@ class Packet:
         if self.trailer is not None and not isinstance(self.trailer, Trailer):
             raise InputError(f"trailer must be a Trailer, got {type(self.trailer).__name__}")
         _check_int("payload length", len(self.payload), 0, MAX_U16)
+        self._check_position()
+
+    def _check_position(self) -> None:
+        if (self.seq is None) != (self.total is None):
+            raise InputError("seq and total come together (version 2) or not at all")
+        if self.seq is None or self.total is None:
+            if self.stage == META_STAGE:
+                raise InputError("metadata packets (stage 0) exist in version 2 only")
+            return
+        _check_int("total", self.total, 1, MAX_U16)
+        _check_int("seq", self.seq, 0, self.total - 1)
+
+    @property
+    def version(self) -> int:
+        """1 without ``seq``/``total``, else 2."""
+        return 1 if self.seq is None else 2
+
+    @property
+    def header_size(self) -> int:
+        return HEADER_SIZE_V1 if self.seq is None else HEADER_SIZE
+
+    @property
+    def is_meta(self) -> bool:
+        """A version-2 metadata packet (the sender's file name), not a stage's shard."""
+        return self.stage == META_STAGE
 
     @property
     def is_parity(self) -> bool:
@@ -159,13 +202,17 @@ class Packet:
     @property
     def size(self) -> int:
         """Encoded size in bytes, header (and trailer, if keyed) included."""
-        return HEADER_SIZE + len(self.payload) + (0 if self.trailer is None else TRAILER_SIZE)
+        return (self.header_size + len(self.payload)
+                + (0 if self.trailer is None else TRAILER_SIZE))
 
     def _fields(self) -> bytes:
         flags = self.flags | (0 if self.trailer is None else KEYED_FLAG)
-        return _FIELDS.pack(MAGIC, VERSION, flags, self.image_id, self.model_id,
+        head = _FIELDS.pack(MAGIC, self.version, flags, self.image_id, self.model_id,
                             self.width, self.height, self.rate_point, self.stage,
                             self.index, self.k, self.n, len(self.payload))
+        if self.seq is None or self.total is None:
+            return head
+        return head + _POSITION.pack(self.seq, self.total)
 
     def __bytes__(self) -> bytes:
         fields = self._fields()
@@ -183,18 +230,21 @@ class Packet:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise PacketError(f"not a packet (got {type(data).__name__}, expected bytes)")
         data = bytes(data)
-        end = _check_framing(data)
-        (_magic, _version, flags, image_id, model_id, width, height, rate_point, stage,
+        head, end = _check_framing(data)
+        (_magic, version, flags, image_id, model_id, width, height, rate_point, stage,
          index, k, n, _length) = _FIELDS.unpack_from(data)
-        (crc,) = _CRC.unpack_from(data, _FIELDS.size)
-        payload = data[HEADER_SIZE:end]
-        if zlib.crc32(payload, zlib.crc32(data[: _FIELDS.size])) & MAX_U32 != crc:
+        (crc,) = _CRC.unpack_from(data, head - _CRC.size)
+        payload = data[head:end]
+        if zlib.crc32(payload, zlib.crc32(data[: head - _CRC.size])) & MAX_U32 != crc:
             raise PacketError("corrupted packet (CRC mismatch)")
-        _check_consistent(width, height, stage, index, k, n)
+        seq = total = None
+        if version == 2:
+            seq, total = _POSITION.unpack_from(data, _FIELDS.size)
+        _check_consistent(width, height, stage, index, k, n, seq, total)
         trailer = Trailer.parse(data[end:]) if flags & KEYED_FLAG else None
         try:
             return cls(image_id, model_id, width, height, rate_point, stage, index, k, n,
-                       payload, flags & ~KEYED_FLAG, trailer)
+                       payload, flags & ~KEYED_FLAG, trailer, seq, total)
         except InputError as exc:  # unreachable after the checks above; keeps the contract
             raise PacketError(f"inconsistent packet ({exc})") from exc
 
@@ -204,35 +254,41 @@ def is_keyed(data: bytes) -> bool:
     return len(data) > 5 and bool(data[5] & KEYED_FLAG)
 
 
-def _check_framing(data: bytes) -> int:
+def _check_framing(data: bytes) -> tuple[int, int]:
     """Magic, version and lengths: everything needed before the CRC can be checked.
 
-    Returns where the payload ends (the trailer, if any, follows)."""
+    Returns (header size, where the payload ends); the trailer, if any, follows."""
     if not data.startswith(MAGIC[: len(data)]):
         raise PacketError("not a packet (bad magic)")
-    if len(data) < HEADER_SIZE:
-        raise PacketError(f"truncated packet ({len(data)} bytes, header is {HEADER_SIZE})")
+    if len(data) < HEADER_SIZE_V1:
+        raise PacketError(f"truncated packet ({len(data)} bytes, header is {HEADER_SIZE_V1}"
+                          f" or {HEADER_SIZE})")
     fields = _FIELDS.unpack_from(data)
-    if fields[1] != VERSION:
-        raise PacketError(f"unsupported packet version {fields[1]} (this build reads {VERSION})")
+    if fields[1] not in VERSIONS:
+        raise PacketError(f"unsupported packet version {fields[1]} (this build reads "
+                          f"{' and '.join(map(str, VERSIONS))})")
+    head = HEADER_SIZE_V1 if fields[1] == 1 else HEADER_SIZE
     length = fields[-1]
     extra = TRAILER_SIZE if fields[2] & KEYED_FLAG else 0
-    if len(data) != HEADER_SIZE + length + extra:
+    if len(data) != head + length + extra:
         raise PacketError(f"payload length mismatch (header says {length}"
-                          f"{' + trailer' if extra else ''}, got {len(data) - HEADER_SIZE})")
-    return HEADER_SIZE + length
+                          f"{' + trailer' if extra else ''}, got {len(data) - head})")
+    return head, head + length
 
 
-def _check_consistent(width: int, height: int, stage: int, index: int, k: int, n: int) -> None:
+def _check_consistent(width: int, height: int, stage: int, index: int, k: int, n: int,
+                      seq: int | None, total: int | None) -> None:
     """Field ranges a CRC-valid packet can still violate (a buggy or hostile sender)."""
     if width == 0 or height == 0:
         raise PacketError(f"inconsistent packet (image size {width}x{height})")
-    if stage == 0:
+    if stage == META_STAGE and seq is None:
         raise PacketError("inconsistent packet (stage 0; stages count from 1)")
     if not 1 <= k <= n:
         raise PacketError(f"inconsistent packet (k={k}, n={n}; need 1 <= k <= n)")
     if index >= n:
         raise PacketError(f"inconsistent packet (chunk index {index} >= n={n})")
+    if total is not None and (total == 0 or seq is None or seq >= total):
+        raise PacketError(f"inconsistent packet (seq {seq} of {total} packets)")
 
 
 def check_size(packet: Packet, limit: int = DEFAULT_MAX_PACKET) -> int:

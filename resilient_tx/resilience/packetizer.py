@@ -10,6 +10,7 @@ shard in a packet header. A loss-rate profile also chooses the packet size.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -23,7 +24,16 @@ from resilient_tx.codec.stage_coder import CHUNK_HEADER, DEPTH_MASK, StageCoder,
 from resilient_tx.config import DEFAULT_MAX_PACKET, SenderConfig
 from resilient_tx.errors import InputError
 from resilient_tx.resilience import fec, uep
-from resilient_tx.resilience.packet import HEADER_SIZE, MAX_U16, Packet
+from resilient_tx.resilience.packet import (
+    HEADER_SIZE,
+    HEADER_SIZE_V1,
+    MAX_NAME_BYTES,
+    MAX_U16,
+    META_STAGE,
+    VERSIONS,
+    Packet,
+    max_payload,
+)
 
 PACKET_DIVISORS = (1, 2, 3, 4)  # packet sizes a loss-rate profile tries: max_packet / d
 MIN_PLANNED_CHUNK = 64  # smaller chunks would spend more on headers than they save
@@ -77,9 +87,30 @@ class PacketizedImage:
         return sum(len(c) for st in self.stages for c in st.chunks)
 
 
-def _chunk_capacity(max_packet: int) -> int:
+def _chunk_capacity(max_packet: int, header_size: int = HEADER_SIZE) -> int:
     """Bitstream bytes one chunk may hold so that its shard fits a ``max_packet`` packet."""
-    return fec.max_chunk_size(max_packet) - CHUNK_HEADER.size
+    return max_payload(max_packet, header_size) - fec.PREFIX_SIZE - CHUNK_HEADER.size
+
+
+def name_payload(name: str) -> bytes:
+    """The metadata payload for a file name: its last path component, UTF-8, cut at
+    :data:`MAX_NAME_BYTES` bytes on a character boundary (the receiver sanitises it
+    again; this only keeps a sender from announcing its directories)."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    raw = base.encode("utf-8", "surrogateescape")[:MAX_NAME_BYTES]
+    return raw.decode("utf-8", "ignore").encode("utf-8")
+
+
+def with_positions(packets: tuple[Packet, ...], meta: Packet | None) -> tuple[Packet, ...]:
+    """Version 2: the metadata packet first and last (two copies), and every packet's
+    ``seq`` (its place in this order) and ``total``."""
+    order = list(packets)
+    if meta is not None:
+        order = [meta, *order, dataclasses.replace(meta, index=1)]
+    total = len(order)
+    if total > MAX_U16:
+        raise InputError(f"{total} packets for one image; at most {MAX_U16} fit the header")
+    return tuple(dataclasses.replace(p, seq=i, total=total) for i, p in enumerate(order))
 
 
 def spread_stages(stages: list[list[Packet]]) -> tuple[Packet, ...]:
@@ -102,29 +133,51 @@ class Packetizer:
     def __init__(self, codec: Codec, profile: fec.FecProfile, rate_point: int = 0,
                  max_packet: int = DEFAULT_MAX_PACKET, min_chunks: int = 1,
                  context_depth: int = SenderConfig.context_depth,
-                 effort: int = SenderConfig.effort) -> None:
+                 effort: int = SenderConfig.effort, wire_version: int = 2) -> None:
         if min_chunks < 1:
             raise InputError(f"min_chunks must be >= 1, got {min_chunks}")
+        if wire_version not in VERSIONS:
+            raise InputError(f"wire version must be one of {VERSIONS}, got {wire_version!r}")
+        self.wire_version = wire_version
+        self.header_size = HEADER_SIZE_V1 if wire_version == 1 else HEADER_SIZE
         self.context_depth = check_depth(context_depth)
         self.effort = check_effort(effort)  # encoder refinement steps per image
         self.codec = codec
         self.profile = profile
         self.rate_point = rate_point
         self.max_packet = max_packet
-        self.capacity = _chunk_capacity(max_packet)
+        self.capacity = _chunk_capacity(max_packet, self.header_size)
         if self.capacity < 16:
             raise InputError(f"max packet {max_packet} bytes leaves no room for data")
         self.min_chunks = min_chunks
 
-    def packetize(self, image: np.ndarray, image_id: int) -> PacketizedImage:
+    def packetize(self, image: np.ndarray, image_id: int,
+                  name: str | None = None) -> PacketizedImage:
+        """Encode, cut, protect and order one image's packets; ``name`` (version 2 only)
+        travels in two metadata packets so the receiver can name its file after it."""
         height, width = image.shape[:2]
         if width > MAX_U16 or height > MAX_U16:
             raise InputError(f"image {width}x{height} is larger than 65535 px a side")
         tokens = self.codec.image_to_tokens(image, self.effort)
+        return self.packetize_tokens(tokens, image_id, width, height, name)
+
+    def packetize_tokens(self, tokens: torch.Tensor, image_id: int, width: int, height: int,
+                         name: str | None = None) -> PacketizedImage:
+        """:meth:`packetize` for tokens already computed (``image_to_tokens``)."""
         plans = self.plan_stages(tokens)
         packets = spread_stages([self._stage_packets(plan, image_id, width, height)
                                  for plan in plans])
+        if self.wire_version >= 2:
+            meta = None if not name else self._meta_packet(name, image_id, width, height)
+            packets = with_positions(packets, meta)
         return PacketizedImage(image_id, width, height, packets, plans, tokens)
+
+    def _meta_packet(self, name: str, image_id: int, width: int, height: int) -> Packet:
+        payload = name_payload(name)[: max_payload(self.max_packet, self.header_size)]
+        return Packet(image_id=image_id, model_id=self.codec.model.model_id, width=width,
+                      height=height, rate_point=self.rate_point, stage=META_STAGE, index=0,
+                      k=1, n=2, payload=payload, flags=self.context_depth & DEPTH_MASK,
+                      seq=0, total=1)
 
     def plan_stages(self, tokens: torch.Tensor) -> tuple[StagePlan, ...]:
         _, h, w = tokens.shape
@@ -133,7 +186,7 @@ class Packetizer:
         best: tuple[float, list[tuple[int, tuple[bytes, ...]]], tuple[int, ...]] | None = None
         for capacity in self._capacities():
             cuts = [self._cut_stage(coder, st, capacity) for st in coded]
-            shapes = [uep.StageShape(len(chunks), HEADER_SIZE + fec.PREFIX_SIZE
+            shapes = [uep.StageShape(len(chunks), self.header_size + fec.PREFIX_SIZE
                                      + max(len(c) for c in chunks), st.share, st.context)
                       for (_, chunks), st in zip(cuts, coded, strict=True)]
             # Parity is planned for all stages at once: a loss-rate profile weighs them
@@ -157,7 +210,8 @@ class Packetizer:
             return [self.capacity]
         out = [self.capacity]
         for d in PACKET_DIVISORS[1:]:
-            cap = _chunk_capacity(max(self.max_packet // d, HEADER_SIZE + 1))
+            cap = _chunk_capacity(max(self.max_packet // d, self.header_size + 1),
+                                  self.header_size)
             if cap >= MIN_PLANNED_CHUNK and cap not in out:
                 out.append(cap)
         return out

@@ -25,7 +25,7 @@ from resilient_tx.codec.image_codec import Codec
 from resilient_tx.codec.stage_coder import StageCoder, depth_from_flags
 from resilient_tx.errors import BitstreamError, PacketError
 from resilient_tx.resilience import fec
-from resilient_tx.resilience.packet import HEADER_SIZE, Packet
+from resilient_tx.resilience.packet import MAX_NAME_BYTES, Packet
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class ReceiveReport:
     image_id: int
     width: int
     height: int
-    packets_sent: int  # as announced by the headers of the stages that were seen
+    packets_sent: int  # announced by the packets (version 1: by the stages seen)
     packets_received: int  # distinct packets accepted
     packets_recovered: int  # data chunks rebuilt by FEC
     packets_rejected: int  # inconsistent with the image's other packets
@@ -51,6 +51,7 @@ class ReceiveReport:
 class _Stage:
     k: int
     n: int
+    header: int  # header bytes of each of its packets (version 1 or 2)
     shards: dict[int, bytes] = field(default_factory=dict)
 
 
@@ -63,19 +64,24 @@ class ImageAssembler:
         self.width, self.height = first.width, first.height
         self.rate_point = first.rate_point
         self.flags = first.flags
+        self.total = first.total  # version 2: packets the sender sent (None: version 1)
         self.stages: dict[int, _Stage] = {}
+        self.name: bytes | None = None  # version 2: the sender's file name, as sent
+        self._meta: set[int] = set()
         self.bytes_received = 0
         self.rejected = 0
         self.add(first)
 
     def add(self, p: Packet) -> bool:
         """Accept a packet; False if it is a duplicate or contradicts earlier packets."""
-        if (p.image_id, p.model_id, p.width, p.height, p.rate_point, p.flags) != (
+        if (p.image_id, p.model_id, p.width, p.height, p.rate_point, p.flags, p.total) != (
                 self.image_id, self.model_id, self.width, self.height, self.rate_point,
-                self.flags):
+                self.flags, self.total):
             self.rejected += 1
             return False
-        st = self.stages.setdefault(p.stage, _Stage(p.k, p.n))
+        if p.is_meta:
+            return self._add_meta(p)
+        st = self.stages.setdefault(p.stage, _Stage(p.k, p.n, p.header_size))
         if (st.k, st.n) != (p.k, p.n) or (st.shards and p.index not in st.shards
                                            and len(p.payload) != _shard_len(st)):
             self.rejected += 1
@@ -86,9 +92,30 @@ class ImageAssembler:
         self.bytes_received += p.size
         return True
 
+    def _add_meta(self, p: Packet) -> bool:
+        """A copy of the metadata packet: the first one names the image."""
+        if p.k != 1 or len(p.payload) > MAX_NAME_BYTES or (
+                self.name is not None and p.index not in self._meta and p.payload != self.name):
+            self.rejected += 1
+            return False
+        if p.index in self._meta:
+            return False
+        self._meta.add(p.index)
+        self.name = p.payload if self.name is None else self.name
+        self.bytes_received += p.size
+        return True
+
     @property
     def packets_received(self) -> int:
-        return sum(len(st.shards) for st in self.stages.values())
+        return len(self._meta) + sum(len(st.shards) for st in self.stages.values())
+
+    @property
+    def packets_sent(self) -> int:
+        """Packets the sender sent for this image: announced in every version-2 packet;
+        for version 1, only those of the stages seen (a stage lost whole is missed)."""
+        if self.total is not None:
+            return self.total
+        return sum(st.n for st in self.stages.values())
 
     def is_complete(self, num_stages: int) -> bool:
         """Every stage has at least k shards, so FEC (or nothing) yields all its chunks."""
@@ -98,7 +125,7 @@ class ImageAssembler:
 
 def _wire_bytes(st: _Stage, indices) -> int:
     """Bytes on the wire (header included) of the given received shards."""
-    return sum(HEADER_SIZE + len(st.shards[i]) for i in indices)
+    return sum(st.header + len(st.shards[i]) for i in indices)
 
 
 def _shard_len(st: _Stage) -> int:
@@ -180,7 +207,7 @@ def _report(asm: ImageAssembler, dec: _Decoding) -> ReceiveReport:
     decoded = int(dec.known.sum())
     return ReceiveReport(
         image_id=asm.image_id, width=asm.width, height=asm.height,
-        packets_sent=sum(st.n for st in asm.stages.values()),
+        packets_sent=asm.packets_sent,
         packets_received=asm.packets_received, packets_recovered=dec.recovered,
         packets_rejected=asm.rejected, tokens=n_tokens, tokens_decoded=decoded,
         tokens_inpainted=n_tokens - decoded, bytes_received=asm.bytes_received,
