@@ -287,3 +287,136 @@ def test_profiles_from_a_custom_yaml(tmp_path: Path) -> None:
             fec.load_profiles(bad)
     with pytest.raises(ConfigError, match="not found"):
         fec.load_profiles(tmp_path / "missing.yaml")
+
+
+# ---------------------------------------------------------------------------- spec strings
+
+
+def test_parse_spec_names_and_loss_rates() -> None:
+    assert fec.parse_spec("strong") == fec.get_profile("strong")
+    assert fec.parse_spec("none").parities((3, 3)) == (0, 0)
+    plain = fec.parse_spec("for_loss:0.3")
+    assert (plain.loss_rate, plain.burst, plain.guard) == (0.3, 1.0, 3.0)
+    assert plain == fec.for_loss(0.3)
+    bursty = fec.parse_spec("for_loss:0.3,burst:4")
+    assert (bursty.loss_rate, bursty.burst) == (0.3, 4.0)
+    assert bursty.channel == uep.Channel(0.3, 4.0)
+    assert fec.parse_spec("for_loss:0.1,guard:1").guard == 1.0
+    assert fec.parse_spec("for_loss:0.1,guard:1,burst:2").burst == 2.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("for_loss:", "loss rate P must be a number"),
+        ("for_loss:abc", "loss rate P must be a number"),
+        ("for_loss:1.2", r"loss rate must be in \[0, 1\)"),
+        ("for_loss:-0.1", r"loss rate must be in \[0, 1\)"),
+        ("for_loss:nan", r"loss rate must be in \[0, 1\)"),
+        ("for_loss:0.3,burst:0.5", "burst length must be a finite number >= 1"),
+        ("for_loss:0.3,burst:inf", "burst length must be a finite number >= 1"),
+        ("for_loss:0.8,burst:2", "impossible at loss rate"),
+        ("for_loss:0.3,burst:", "burst must be a number"),
+        ("for_loss:0.3,burst", "unknown option 'burst'"),
+        ("for_loss:0.3,colour:2", "unknown option 'colour:2'"),
+        ("for_loss:0.3,,burst:2", "unknown option ''"),
+        ("for_loss:0.3,burst:2,burst:3", "burst given twice"),
+        ("for_loss:0.3,guard:0.5", "guard must be"),
+        ("medium", "unknown FEC profile 'medium'"),
+        ("", "unknown FEC profile ''"),
+    ],
+)
+def test_parse_spec_refuses_malformed_specs(text: str, message: str) -> None:
+    with pytest.raises(InputError, match=message) as caught:
+        fec.parse_spec(text)
+    assert "\n" not in str(caught.value)
+
+
+def test_parse_spec_refuses_non_strings() -> None:
+    with pytest.raises(InputError, match="must be a string"):
+        fec.parse_spec(0.3)  # type: ignore[arg-type]
+
+
+SPEC_ALPHABET = st.sampled_from(list("for_los:0123456789.,-+eEburstgadinf _x"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=30),
+                 st.text(SPEC_ALPHABET, max_size=30),
+                 st.text(SPEC_ALPHABET, max_size=20).map(lambda t: "for_loss:" + t)))
+def test_parse_spec_garbage_raises_only_input_errors(text: str) -> None:
+    try:
+        profile = fec.parse_spec(text)
+    except InputError:  # ConfigError is one too
+        return
+    assert isinstance(profile, fec.FecProfile)
+
+
+# ---------------------------------------------------------------------------- guard, burst
+
+
+def test_guard_off_plans_exactly_as_before() -> None:
+    # Plans that for_loss made before the guard existed (same shapes, same model).
+    assert fec.for_loss(0.1, guard=1).plan(shapes((1, 1, 2, 4, 8))) == (2, 2, 1, 2, 3)
+    assert fec.for_loss(0.1, guard=1).plan(shapes((2, 2, 3, 5, 9), 300)) == (2, 2, 1, 2, 3)
+    assert fec.for_loss(0.3, guard=1).plan(shapes((2, 2, 3, 5, 9), 300)) == (5, 5, 4, 6, 9)
+
+
+def test_guard_gives_stage_one_a_floor_for_three_times_the_loss() -> None:
+    stages = shapes((2, 2, 3, 5, 9), 300)
+    guarded, plain = fec.for_loss(0.1), fec.for_loss(0.1, guard=1)
+    floor = guarded.floor(stages)
+    assert floor == (fec.loss_parity(2, 0.3, 0.02), 0, 0, 0, 0)
+    plan = guarded.plan(stages)
+    assert plan[0] >= floor[0] > plain.plan(stages)[0]
+    assert uep.binomial_tail(2 + plan[0], 0.3, plan[0]) <= 0.02
+    both = fec.for_loss(0.1, guard_targets=(0.02, 0.02)).floor(stages)
+    assert both[:2] == (floor[0], floor[0]) and both[2:] == (0, 0, 0)
+    # Named profiles do not plan, so the guard never applies to them.
+    assert fec.get_profile("light").floor(stages) == fec.get_profile("light").parities(
+        (2, 2, 3, 5, 9))
+
+
+def test_burst_aware_profile_plans_on_the_bursty_channel() -> None:
+    stages = shapes((2, 2, 3, 5, 10), 260)
+    bursty, iid = fec.for_loss(0.3, burst=4), fec.for_loss(0.3)
+    channel = uep.Channel(0.3, 4.0)
+    a, b = bursty.plan(stages), iid.plan(stages)
+    assert bursty.score(stages, a) <= bursty.score(stages, b)
+    assert uep.expected_lost(stages, a, channel) <= uep.expected_lost(stages, b, channel)
+    assert bursty.name == "for_loss(0.3,burst:4)"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"loss_rate": 0.3, "burst": 0.5}, "burst"),
+        ({"loss_rate": 0.8, "burst": 2.0}, "impossible"),
+        ({"guard": 0.5}, "guard must be"),
+        ({"guard": float("inf")}, "guard must be"),
+        ({"guard_targets": (0.0,)}, "invalid entry"),
+        ({"guard_targets": (0.1, 0.01)}, "may not decrease"),
+    ],
+)
+def test_burst_and_guard_validation(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        fec.FecProfile("bad", **kwargs)  # type: ignore[arg-type]
+
+
+def test_for_loss_takes_burst_and_guard_from_the_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "fec.yaml"
+    path.write_text("profiles:\n  none: {overhead: [0]}\n"
+                    "for_loss: {guard: 2, guard_targets: [0.05]}\n")
+    profile = fec.for_loss(0.2, path=path, burst=3)
+    assert (profile.guard, profile.guard_targets, profile.burst) == (2.0, (0.05,), 3.0)
+    assert fec.parse_spec("for_loss:0.2,guard:1", path).guard == 1.0
+    path.write_text("profiles:\n  none: {overhead: [0]}\nfor_loss: {}\n")
+    assert fec.for_loss(0.2, path=path).guard == 1.0  # no guard key: no guard
+    with pytest.raises(InputError, match="burst"):
+        fec.for_loss(0.3, burst=0.5)
+    for text, message in [("for_loss: {guard: 0.5}\n", "guard must be"),
+                          ("for_loss: {guard_targets: [2]}\n", "invalid entry"),
+                          ("for_loss: {guard: yes}\n", "guard")]:
+        path.write_text("profiles:\n  none: {overhead: [0]}\n" + text)
+        with pytest.raises(ConfigError, match=message):
+            fec.load_profiles(path)

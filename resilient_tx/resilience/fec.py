@@ -240,8 +240,14 @@ class FecProfile:
     the stage number.
 
     With a ``distortion`` model and ``loss_rate`` > 0 the profile plans all stages of an
-    image together (:meth:`plan`, :func:`uep.allocate`): the rules above are then only a
-    floor, and the parity is what minimises the expected quality lost at that loss rate.
+    image together (:meth:`plan`, :func:`uep.allocate`) for the channel ``loss_rate`` with
+    mean loss bursts of ``burst`` packets (1 = i.i.d.): the rules above are then only a
+    floor, and the parity is what minimises the expected quality lost on that channel.
+    The guard raises that floor, in case the loss rate was underestimated: each stage
+    that every later stage is conditioned on gets enough parity to survive i.i.d. loss at
+    ``uep.guard_rate(loss_rate, guard)`` (for ``guard`` = 3: max(3p, p + 0.2), capped at
+    max(p, 0.5)) with failure probability at most its entry of ``guard_targets`` (1 = no
+    floor; :func:`uep.guard_floor`). ``guard`` = 1 turns it off.
     """
 
     name: str
@@ -250,6 +256,9 @@ class FecProfile:
     loss_rate: float = 0.0
     targets: tuple[float, ...] = (1.0,)
     distortion: uep.DistortionModel | None = None
+    burst: float = 1.0
+    guard: float = 1.0
+    guard_targets: tuple[float, ...] = uep.GUARD_TARGETS
 
     def __post_init__(self) -> None:
         _check_stage_tuple(self.name, "overhead", self.overhead,
@@ -257,10 +266,25 @@ class FecProfile:
         _check_stage_tuple(self.name, "min_parity", self.min_parity,
                            lambda v: isinstance(v, int) and v >= 0, -1)
         _check_stage_tuple(self.name, "targets", self.targets, lambda v: 0 < v <= 1, +1)
+        _check_stage_tuple(self.name, "guard_targets", self.guard_targets,
+                           lambda v: 0 < v <= 1, +1)
         rate = self.loss_rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
             raise ConfigError(f"FEC profile {self.name!r}: loss_rate must be in [0, 1), "
                               f"got {self.loss_rate}")
+        try:
+            uep.Channel(rate, self.burst)
+        except InputError as exc:
+            raise ConfigError(f"FEC profile {self.name!r}: {exc}") from None
+        g = self.guard
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not 1 <= g < math.inf:
+            raise ConfigError(f"FEC profile {self.name!r}: guard must be a finite number "
+                              f">= 1 (1 = off), got {g!r}")
+
+    @property
+    def channel(self) -> uep.Channel:
+        """The loss channel a loss-rate profile plans for."""
+        return uep.Channel(self.loss_rate, self.burst)
 
     def parity(self, stage: int, k: int) -> int:
         """Parity shards for 1-based ``stage`` holding ``k`` data chunks."""
@@ -287,19 +311,26 @@ class FecProfile:
     def score(self, stages: Sequence[uep.StageShape], parity: Sequence[int]) -> float:
         """Expected cost of sending ``stages`` with ``parity`` (lower is better; comparable
         across packet sizes); 0 for a rule-based profile, which does not plan."""
-        if not self.plans_per_image:
+        if self.distortion is None or not self.plans_per_image:
             return 0.0
-        assert self.distortion is not None
-        return uep.score(stages, parity, self.loss_rate, self.distortion)
+        return uep.score(stages, parity, self.channel, self.distortion)
+
+    def floor(self, stages: Sequence[uep.StageShape]) -> tuple[int, ...]:
+        """The least parity per stage: the rules, and for a planning profile the guard."""
+        rules = self.parities([st.k for st in stages])
+        if not self.plans_per_image:
+            return rules
+        guard = uep.guard_floor(stages, self.loss_rate, self.guard, self.guard_targets)
+        return tuple(max(a, b) for a, b in zip(rules, guard, strict=True))
 
     def plan(self, stages: Sequence[uep.StageShape]) -> tuple[int, ...]:
         """Parity per stage for one image's stages: the rules, or the expected-quality
-        optimum above them when the profile has a distortion model and a loss rate."""
-        floor = self.parities([st.k for st in stages])
-        if not self.plans_per_image:
+        optimum above the :meth:`floor` when the profile has a distortion model and a
+        loss rate."""
+        floor = self.floor(stages)
+        if self.distortion is None or not self.plans_per_image:
             return floor
-        assert self.distortion is not None
-        return uep.allocate(stages, self.loss_rate, self.distortion, floor)
+        return uep.allocate(stages, self.channel, self.distortion, floor)
 
 
 def loss_parity(k: int, p: float, target: float) -> int:
@@ -309,35 +340,93 @@ def loss_parity(k: int, p: float, target: float) -> int:
     with probability p, has more losses than RS can fill. If no m fits in the codeword,
     returns 255 - k (the most protection GF(256) allows).
     """
-    for m in range(MAX_CODEWORD - k + 1):
-        if uep.binomial_tail(k + m, p, m) <= target:
-            return m
-    return MAX_CODEWORD - k
+    return uep.survival_parity(k, p, target)
 
 
 def for_loss(p: float, model: uep.DistortionModel | None = None,
-             path: str | Path | None = None) -> FecProfile:
-    """Profile planned for loss rate ``p``: per image, the parity per stage that minimises
-    the expected gap to a loss-free picture at the same bytes (:mod:`uep`).
+             path: str | Path | None = None, *, burst: float = 1.0,
+             guard: float | None = None,
+             guard_targets: tuple[float, ...] | None = None) -> FecProfile:
+    """Profile planned for loss rate ``p`` with mean loss bursts of ``burst`` packets
+    (1 = i.i.d.): per image, the parity per stage that minimises the expected gap to a
+    loss-free picture at the same bytes (:mod:`uep`), above the guard floor
+    (:class:`FecProfile`).
 
-    ``model`` defaults to the ``for_loss`` section of the profiles YAML. Raises
-    :class:`InputError` unless 0 <= p < 1.
+    ``model``, ``guard`` and ``guard_targets`` default to the ``for_loss`` section of the
+    profiles YAML. Raises :class:`InputError` unless 0 <= p < 1, the burst is possible at
+    p (:class:`uep.Channel`) and ``guard`` >= 1.
     """
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
         raise InputError(f"target loss rate must be in [0, 1), got {p!r}")
-    if model is None:
-        model = distortion_model(path)
-    return FecProfile(name=f"for_loss({p:g})", loss_rate=float(p), distortion=model)
+    uep.Channel(p, burst)  # InputErrors for the caller, not a profile's ConfigErrors
+    if guard is not None and (isinstance(guard, bool) or not isinstance(guard, (int, float))
+                              or not 1 <= guard < math.inf):
+        raise InputError(f"guard must be a finite number >= 1 (1 = off), got {guard!r}")
+    section = _load_yaml(path).for_loss
+    name = f"for_loss({p:g}" + (f",burst:{burst:g}" if burst != 1 else "") + (
+        f",guard:{guard:g})" if guard is not None else ")")
+    return FecProfile(name=name, loss_rate=float(p),
+                      distortion=section.model if model is None else model, burst=float(burst),
+                      guard=section.guard if guard is None else guard,
+                      guard_targets=section.guard_targets if guard_targets is None
+                      else guard_targets)
+
+
+SPEC_PREFIX = "for_loss:"
+SPEC_OPTIONS = ("burst", "guard")
+SPEC_HELP = "none|light|strong|<profile>|for_loss:P[,burst:L][,guard:G]"
+
+
+def parse_spec(text: str, path: str | Path | None = None) -> FecProfile:
+    """The profile a FEC spec string names (``--fec``): a profile name of the YAML
+    (``none``, ``light``, ``strong``, ...), ``for_loss:P`` (plan for i.i.d. loss at P),
+    ``for_loss:P,burst:L`` (Gilbert loss with mean bursts of L packets) and optionally
+    ``,guard:G`` (the guard factor, 1 = off).
+
+    Raises :class:`InputError` (:class:`ConfigError` for an unknown profile name) with a
+    one-line message for anything else.
+    """
+    if not isinstance(text, str):
+        raise InputError(f"FEC spec must be a string ({SPEC_HELP}), got {text!r}")
+    if not text.startswith(SPEC_PREFIX):
+        return get_profile(text, path)
+    rate, *options = text[len(SPEC_PREFIX):].split(",")
+    p = _spec_number(text, "the loss rate P", rate)
+    kwargs: dict[str, float] = {}
+    for option in options:
+        key, sep, value = option.partition(":")
+        if not sep or key not in SPEC_OPTIONS:
+            raise InputError(f"FEC spec {text!r}: unknown option {option!r}; "
+                             f"expected {SPEC_HELP}")
+        if key in kwargs:
+            raise InputError(f"FEC spec {text!r}: {key} given twice")
+        kwargs[key] = _spec_number(text, key, value)
+    try:
+        return for_loss(p, path=path, burst=kwargs.get("burst", 1.0),
+                        guard=kwargs.get("guard"))
+    except ConfigError:
+        raise  # the YAML file itself is broken: its own message says where
+    except InputError as exc:
+        raise InputError(f"FEC spec {text!r}: {exc}") from None
+
+
+def _spec_number(text: str, what: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise InputError(f"FEC spec {text!r}: {what} must be a number, got {value!r} "
+                         f"(expected {SPEC_HELP})") from None
 
 
 def distortion_model(path: str | Path | None = None) -> uep.DistortionModel:
-    """The ``for_loss`` section of the profiles YAML (default ``configs/fec.yaml``)."""
-    return _load_yaml(path)[1]
+    """The distortion model of the ``for_loss`` section of the profiles YAML (default
+    ``configs/fec.yaml``)."""
+    return _load_yaml(path).for_loss.model
 
 
 def load_profiles(path: str | Path | None = None) -> dict[str, FecProfile]:
     """All named profiles of the YAML file (default ``resilient_tx/configs/fec.yaml``)."""
-    return _load_yaml(path)[0]
+    return _load_yaml(path).profiles
 
 
 def get_profile(name: str, path: str | Path | None = None) -> FecProfile:
@@ -345,7 +434,8 @@ def get_profile(name: str, path: str | Path | None = None) -> FecProfile:
     profiles = load_profiles(path)
     if name not in profiles:
         raise ConfigError(f"unknown FEC profile {name!r}; available: "
-                          f"{', '.join(sorted(profiles))} (or for_loss:P for a loss rate P)")
+                          f"{', '.join(sorted(profiles))} (or for_loss:P[,burst:L][,guard:G] "
+                          "for a loss rate P)")
     return profiles[name]
 
 
@@ -368,31 +458,55 @@ def _check_stage_tuple(name: str, key: str, values: tuple[Any, ...],
                           "stages condition later ones and need at least as much protection")
 
 
-def _load_yaml(path: str | Path | None) -> tuple[dict[str, FecProfile], uep.DistortionModel]:
+@dataclass(frozen=True)
+class _ForLoss:
+    """The ``for_loss`` section of the profiles YAML."""
+
+    model: uep.DistortionModel
+    guard: float = 1.0
+    guard_targets: tuple[float, ...] = uep.GUARD_TARGETS
+
+
+@dataclass(frozen=True)
+class _Profiles:
+    profiles: dict[str, FecProfile]
+    for_loss: _ForLoss
+
+
+def _load_yaml(path: str | Path | None) -> _Profiles:
     p = Path(path) if path is not None else PROFILES_PATH
     return _parse_profiles(read_yaml(p, "FEC profile file"), p)
 
 
-def _parse_profiles(data: Any, where: Path) -> tuple[dict[str, FecProfile],
-                                                     uep.DistortionModel]:
+def _parse_profiles(data: Any, where: Path) -> _Profiles:
     if not isinstance(data, dict) or set(data) != {"profiles", "for_loss"}:
         raise ConfigError(f"{where}: expected exactly the sections 'profiles' and 'for_loss'")
     if not isinstance(data["profiles"], dict) or not data["profiles"]:
         raise ConfigError(f"{where}: 'profiles' must map names to profiles")
     profiles = {str(name): _profile(str(name), body, where)
                 for name, body in data["profiles"].items()}
-    return profiles, _distortion(data["for_loss"], where)
+    return _Profiles(profiles, _for_loss_section(data["for_loss"], where))
 
 
-def _distortion(body: Any, where: Path) -> uep.DistortionModel:
-    known = {f.name for f in fields(uep.DistortionModel)}
+_GUARD_KEYS = ("guard", "guard_targets")
+
+
+def _for_loss_section(body: Any, where: Path) -> _ForLoss:
+    model_keys = {f.name for f in fields(uep.DistortionModel)}
+    known = model_keys | set(_GUARD_KEYS)
     if not isinstance(body, dict) or set(body) - known:
         raise ConfigError(f"{where}: 'for_loss' must be a mapping with keys among "
                           f"{', '.join(sorted(known))}")
     try:
         hints = field_types(uep.DistortionModel)
-        return uep.DistortionModel(**{k: coerce(hints[k], v, f"for_loss.{k}")
-                                      for k, v in body.items()})
+        model = uep.DistortionModel(**{k: coerce(hints[k], v, f"for_loss.{k}")
+                                       for k, v in body.items() if k in model_keys})
+        profile_hints = field_types(FecProfile)
+        guard = {k: coerce(profile_hints[k], body[k], f"for_loss.{k}")
+                 for k in _GUARD_KEYS if k in body}
+        # Validated as a profile would be, so a bad value fails on loading, not on use.
+        FecProfile("for_loss", **guard)
+        return _ForLoss(model, **guard)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
