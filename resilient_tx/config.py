@@ -299,7 +299,17 @@ class SenderConfig(_Checked):
     to: str | None = None  # receiver HOST[:PORT]; the command requires it
     transport: Transport = "udp"
     rate: str = DEFAULT_RATE
-    fec: str = "light"  # a profile name from configs/fec.yaml, or "for_loss:P"
+    # "auto": plan each image for the loss the receiver reports; or a profile name from
+    # configs/fec.yaml, or "for_loss:P[,burst:L]" for a loss rate (and burst length) given
+    fec: str = "auto"
+    # Bytes on the wire per image, or bits per pixel: the rate point is then chosen with
+    # the parity (every shipped rate point is tried) for the best expected quality.
+    budget: int | None = None
+    wire_bpp: float | None = None
+    # Seconds between the starts of consecutive images (a camera-like stream); 0 = back to
+    # back. Feedback that arrives meanwhile plans the next image.
+    interval: float = 0.0
+    json: bool = False  # one JSON object per image instead of a line
     # Later stages are coded given the first N stages only, so one lost stage does not
     # take every later one with it (0 = the paper's full chain); the loss sweep found 2
     # the best trade between rate and resilience.
@@ -321,6 +331,13 @@ class SenderConfig(_Checked):
         _require("context_depth", self.context_depth >= 0,
                  f"must be >= 0, got {self.context_depth}")
         _require("effort", self.effort >= 0, f"must be >= 0, got {self.effort}")
+        _require("budget", self.budget is None or self.budget > 0,
+                 f"must be a positive number of bytes, got {self.budget}")
+        _require("wire_bpp", self.wire_bpp is None or self.wire_bpp > 0,
+                 f"must be > 0 bits per pixel, got {self.wire_bpp}")
+        _require("budget", self.budget is None or self.wire_bpp is None,
+                 "give --budget or --wire-bpp, not both")
+        _require("interval", self.interval >= 0, f"must be >= 0 seconds, got {self.interval}")
         _require("threads", self.threads >= 0, f"must be >= 0, got {self.threads}")
 
 
@@ -358,8 +375,22 @@ class ReceiverConfig(_Checked):
     max_queued: int = 32
     max_queued_per_sender: int = 4
     max_queue_age: float = 10.0
+    # Write a preview as soon as the first preview_stages stages of an image can be
+    # completed, filled by preview_inpainter (fast by default: a preview that took as long
+    # as the final picture would be no use), then the final picture.
+    progressive: bool = False
+    preview_stages: int = 2
+    preview_inpainter: InpainterName = "neighbor"
+    # Feedback reports to each sender (loss, bursts, stages, receive rate), at most one per
+    # feedback_interval seconds while something changed and one at each image's end.
+    feedback: bool = True
+    feedback_interval: float = 0.1
 
     def _validate(self) -> None:
+        _require("preview_stages", self.preview_stages >= 1,
+                 f"must be >= 1, got {self.preview_stages}")
+        _require("feedback_interval", self.feedback_interval > 0,
+                 f"must be > 0 seconds, got {self.feedback_interval:g}")
         _require("count", self.count >= 0, f"must be >= 0 (0 = run forever), got {self.count}")
         _require("deadline", self.deadline > 0, f"must be > 0 seconds, got {self.deadline:g}")
         _require("threads", self.threads >= 0, f"must be >= 0, got {self.threads}")

@@ -12,6 +12,7 @@ from resilient_tx.config import ModelConfig
 from resilient_tx.images import load_rgb
 from resilient_tx.resilience import fec
 from resilient_tx.resilience.collector import Collector
+from resilient_tx.resilience.feedback import FeedbackHub, Report
 from resilient_tx.resilience.packetizer import PacketizedImage, Packetizer
 from tests.helpers import make_codec
 
@@ -203,3 +204,56 @@ def test_arbitrary_packet_sequences_stay_within_the_caps(sent, data, keyed: bool
         for s in "abcd":
             assert sum(k[0] == s for k in col._open) <= 2
         col.expired(float(t) / 10)
+
+
+def test_a_preview_comes_once_when_the_first_stages_are_in(sent) -> None:
+    col = Collector(five_stages, deadline=1.0, preview_stages=2)
+    early = [p for p in sent.packets if p.stage in (1, 2)]
+    later = [p for p in sent.packets if p.stage not in (1, 2)]
+    dues = [col.feed(bytes(p), "a", 0.0) for p in early]
+    previews = [d for d in dues if d is not None]
+    assert len(previews) == 1 and previews[0].preview and not previews[0].complete
+    snap = previews[0].assembler
+    held = snap.packets_received
+    assert snap.stages_complete(5) >= 2
+    finals = [d for d in (col.feed(bytes(p), "a", 0.1) for p in later) if d is not None]
+    assert len(finals) == 1 and finals[0].complete and not finals[0].preview
+    assert snap.packets_received == held  # the preview's snapshot did not move
+    assert finals[0].assembler.packets_received > held
+
+
+def test_no_preview_without_the_option_or_for_a_complete_image(sent) -> None:
+    col = Collector(five_stages)
+    assert all(d is None or not d.preview
+               for d in (col.feed(bytes(p), "a", 0.0) for p in sent.packets))
+
+
+def test_the_feedback_hub_hears_every_admitted_packet_and_each_release(sent) -> None:
+    hub = FeedbackHub(interval=0.1)
+    col = Collector(five_stages, deadline=0.5, feedback=hub)
+    lost = {3, 4, 5}
+    for p in sent.packets:
+        if p.seq not in lost:
+            col.feed(bytes(p), "peer", 0.0)
+    col.feed(b"garbage", "peer", 0.0)  # dropped before the hub hears of it
+    col.expired(10.0)
+    reports = hub.due_reports(10.0)
+    assert [peer for peer, _ in reports] == ["peer"]
+    (stats,) = Report.parse(reports[0][1]).images
+    assert stats.image_id == sent.image_id and stats.final
+    assert (stats.total, stats.expected) == (len(sent.packets), len(sent.packets))
+    assert stats.lost == len(lost) and stats.loss_runs == 1
+
+
+def test_late_packets_of_a_released_image_still_reach_the_hub(sent) -> None:
+    hub = FeedbackHub(interval=0.1)
+    col = Collector(five_stages, feedback=hub)
+    needed = [p for p in sent.packets if not p.is_parity]
+    for p in needed:
+        col.feed(bytes(p), "peer", 0.0)
+    hub.due_reports(0.0)
+    for p in sent.packets:
+        if p.is_parity:
+            col.feed(bytes(p), "peer", 0.2)
+    (stats,) = Report.parse(hub.due_reports(0.5)[0][1]).images
+    assert stats.received == len(sent.packets) and stats.lost == 0

@@ -349,7 +349,7 @@ def test_role_defaults_are_the_documented_ones() -> None:
 def test_flags_win_over_the_file_which_wins_over_defaults(tmp_path: Path) -> None:
     p = write(tmp_path, "send:\n  rate: high\n  seed: 3\n  pace: 20\nrecv:\n  count: 2\n")
     cfg = load_config(SenderConfig, p, {"seed": 9, "fec": None})
-    assert (cfg.rate, cfg.seed, cfg.pace, cfg.fec) == ("high", 9, 20.0, "light")
+    assert (cfg.rate, cfg.seed, cfg.pace, cfg.fec) == ("high", 9, 20.0, "auto")
     assert load_config(ReceiverConfig, p).count == 2
 
 

@@ -10,10 +10,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from resilient_tx.app.demo import sample_path
 from resilient_tx.codec.inpaint import ArInpainter, MimInpainter, NeighborInpainter
+from resilient_tx.config import SenderConfig
 from resilient_tx.errors import InputError, ResilientTxError
+from resilient_tx.images import load_rgb
 from resilient_tx.resilience.collector import Collector
-from resilient_tx.resilience.endpoint import Receiver, fec_profile
+from resilient_tx.resilience.endpoint import Receiver, Sender, fec_profile
 from resilient_tx.resilience.packet import KEYED_FLAG, Packet
 from resilient_tx.zoo.registry import get_model
 
@@ -111,3 +114,26 @@ def test_receiver_never_crashes_on_crc_valid_packets(genuine, receiver, data) ->
             continue  # reported and skipped by recv
         assert rec.image.shape == (d.assembler.height, d.assembler.width, 3)
         assert rec.image.dtype == np.uint8
+
+
+def test_a_byte_budget_picks_the_rate_point_with_the_parity() -> None:
+    from resilient_tx.eval.metrics import psnr
+
+    crop = load_rgb(sample_path())[:64, :96]
+    budgets, rates = [800, 1500], []
+    for budget in budgets:
+        sender = Sender(SenderConfig(budget=budget, fec="for_loss:0.2"), torch.device("cpu"),
+                        quality=psnr)
+        out = sender.packets(crop, 1, "crop.png")
+        plan = sender.last_plan
+        assert plan is not None and plan.budget == budget and plan.expected_lost is not None
+        assert out.total_bytes <= budget
+        rates.append(plan.rate)
+    assert rates[0] != rates[1]  # more bytes buy a better rate point, not just parity
+    with pytest.raises(InputError, match="no rate point fits"):
+        Sender(SenderConfig(budget=200), torch.device("cpu"), quality=psnr).packets(crop, 2)
+    with pytest.raises(InputError, match="quality"):
+        Sender(SenderConfig(budget=2000), torch.device("cpu"))
+    light = Sender(SenderConfig(budget=6000, fec="light"), torch.device("cpu"), quality=psnr)
+    with pytest.raises(InputError, match="budget needs"):
+        light.packets(crop, 3)

@@ -47,7 +47,7 @@ def test_config_numbers_become_the_fields_types(tmp_path: Path) -> None:
     assert sent.pace == 20.0 and isinstance(sent.pace, float)
     assert sent.burst == 3.0 and isinstance(sent.burst, float)
     assert sent.sim_loss == 0.1  # YAML 1.1 reads 1e-1 as a string; the rule takes it
-    assert sent.fec == "light"  # untouched keys keep their defaults
+    assert sent.fec == "auto"  # untouched keys keep their defaults
     assert sent.seed == 0  # null in the file means "the default"
 
 

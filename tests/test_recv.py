@@ -114,7 +114,7 @@ def test_report_line_does_not_call_unneeded_packets_lost(complete: bool, wording
                         tokens=1536, tokens_decoded=1536, tokens_inpainted=0,
                         bytes_received=6974, bytes_unusable=0, complete_stages=5)
     rec = Received(np.zeros((512, 768, 3), np.uint8), rep, complete, 0.1)
-    due = SimpleNamespace(key=("127.0.0.1", 1, b""), first_seen=0.0)
+    due = SimpleNamespace(key=("127.0.0.1", 1, b""), first_seen=0.0, preview=False)
     got = ReceivedImage(due, rec)  # type: ignore[arg-type]
     line = report_line(got, Path("x.png"), 0.9, as_json=False)
     assert "11/39 received" in line and wording in line
@@ -168,3 +168,30 @@ def test_bad_key_files_are_one_line_errors(tmp_path: Path, capsys, content, need
     assert main(["send", str(sample_path()), "--to", "127.0.0.1:9", "--key-file",
                  str(key)]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_a_preview_file_is_replaced_by_the_final_picture(tmp_path: Path, capsys) -> None:
+    from resilient_tx.app.recv import Writer
+    from resilient_tx.config import ReceiverConfig
+
+    rep = ReceiveReport(image_id=0xAB, width=8, height=8, packets_sent=10,
+                        packets_received=4, packets_recovered=0, packets_rejected=0,
+                        tokens=4, tokens_decoded=1, tokens_inpainted=3, bytes_received=400,
+                        bytes_unusable=0, complete_stages=2)
+
+    def got(preview: bool) -> ReceivedImage:
+        due = SimpleNamespace(key=("127.0.0.1:9", 0xAB, b""), first_seen=0.0,
+                              preview=preview, assembler=SimpleNamespace(name=b"cat.jpg"))
+        rec = Received(np.full((8, 8, 3), 100 if preview else 200, np.uint8), rep,
+                       not preview, 0.1)
+        return ReceivedImage(due, rec)  # type: ignore[arg-type]
+
+    writer = Writer(ReceiverConfig(out_dir=str(tmp_path), json=True, progressive=True))
+    asyncio.run(writer.write(got(True)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.preview.png"]
+    asyncio.run(writer.write(got(False)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.png"]
+    assert load_rgb(tmp_path / "cat.png")[0, 0, 0] == 200
+    first, second = (json.loads(ln) for ln in capsys.readouterr().out.splitlines())
+    assert first["preview"] and first["output"].endswith("cat.preview.png")
+    assert not second["preview"] and "preview_latency_ms" in second

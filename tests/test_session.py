@@ -170,3 +170,45 @@ def test_fair_queue_when_full_lets_a_lighter_sender_in() -> None:
     q.push(_due("flood", 2), 0.0)
     q.push(_due("legit", 3), 0.0)  # the heaviest sender gives way
     assert sorted(d.key[1] for d in (q.pop(0.1), q.pop(0.1)) if d) == [2, 3]
+
+
+def test_progressive_receiving_yields_a_preview_then_the_image(
+        shipped_packets: list[bytes], receiver: Receiver) -> None:
+    from resilient_tx.config import ReceiverConfig
+    from resilient_tx.resilience.packet import Packet
+
+    stages = [Packet.parse(b).stage for b in shipped_packets]
+    first = [b for b, s in zip(shipped_packets, stages, strict=True) if s in (1, 2)]
+    rest = [b for b, s in zip(shipped_packets, stages, strict=True) if s not in (1, 2)]
+
+    async def main() -> list[ReceivedImage]:
+        tx, rx = memory_pair()
+        cfg = ReceiverConfig(deadline=5.0, progressive=True)
+        out: list[ReceivedImage] = []
+        async with rx, tx:
+            await tx.send(first)
+            async with aclosing(receive_images(rx, receiver, config=cfg)) as images:
+                out.append(await anext(images))
+                await tx.send(rest)
+                out.append(await anext(images))
+        return out
+
+    preview, final = run(main())
+    assert preview.preview and not preview.complete and preview.image_id == 7
+    assert preview.report.tokens_inpainted > 0  # the later stages were not there yet
+    assert not final.preview and final.complete and final.report.tokens_inpainted == 0
+    assert preview.image.shape == final.image.shape == (64, 96, 3)
+
+
+def test_a_preview_whose_image_is_done_is_not_decoded() -> None:
+    from resilient_tx.app.session import FairQueue
+    from resilient_tx.resilience.collector import DueImage
+
+    key = ("a", 1, b"m")
+    queue = FairQueue()
+    preview = DueImage(key, None, 0.0, False, preview=True)  # type: ignore[arg-type]
+    final = DueImage(key, None, 0.0, True)  # type: ignore[arg-type]
+    other = DueImage(("a", 2, b"m"), None, 0.0, False, preview=True)  # type: ignore[arg-type]
+    for due in (preview, other, final):
+        queue.push(due, 0.0)
+    assert [queue.pop(0.0), queue.pop(0.0), queue.pop(0.0)] == [other, final, None]

@@ -13,13 +13,13 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from resilient_tx.app.options import progress_bar
 from resilient_tx.errors import InputError, ResilientTxError
 
 if TYPE_CHECKING:  # for annotations only: the commands import their machinery when run
     import torch
-    from tqdm import tqdm
 
     from resilient_tx.config import RunConfig
     from resilient_tx.training.distributed import DistInfo
@@ -146,15 +146,6 @@ def _codec(args: argparse.Namespace, model_id: bytes | None = None):
 STDIO = "-"  # as an input or output path: standard input / standard output
 
 
-def _bar(args: argparse.Namespace, total: int, what: str) -> tqdm[Any]:
-    """A progress bar on stderr for long work: hidden with -q or when stderr is not a
-    terminal (tqdm's own check), so logs and pipes stay clean."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=what, unit="step", leave=False,
-                disable=True if args.quiet else None)
-
-
 def _cmd_encode(args: argparse.Namespace) -> int:
     import time
 
@@ -168,7 +159,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         image = load_rgb(args.image, max_pixels=args.max_pixels)
     codec = _codec(args)
     t0 = time.perf_counter()
-    with _bar(args, codec.steps(), "encoding") as bar:
+    with progress_bar(args, codec.steps(), "encoding") as bar:
         blob = bytes(codec.encode(image, args.effort, bar.update))
     dt = time.perf_counter() - t0
     _write_output(args.output, blob)
@@ -210,7 +201,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     check_pixels(enc.width, enc.height, args.max_pixels, args.input)
     codec = _codec(args, model_id=enc.model_id)
     t0 = time.perf_counter()
-    with _bar(args, codec.steps(), "decoding") as bar:
+    with progress_bar(args, codec.steps(), "decoding") as bar:
         image = codec.decode(enc, bar.update)
     dt = time.perf_counter() - t0
     if args.output == STDIO:

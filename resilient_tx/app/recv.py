@@ -19,6 +19,7 @@ import asyncio
 import json
 import sys
 import threading
+from collections.abc import Hashable
 from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,11 +37,14 @@ if TYPE_CHECKING:
     from resilient_tx.resilience.endpoint import Receiver
 
 
-def report_fields(got: ReceivedImage, path: Path, latency: float) -> dict[str, Any]:
+def report_fields(got: ReceivedImage, path: Path, latency: float,
+                  preview_latency: float | None = None) -> dict[str, Any]:
     """What ``--json`` prints for one image (and the report line is made of)."""
     r = got.report
+    extra = {} if preview_latency is None else {
+        "preview_latency_ms": round(1000 * preview_latency, 1)}
     return {"image_id": f"{r.image_id:08x}", "width": r.width, "height": r.height,
-            "sender": got.sender, "complete": got.complete,
+            "sender": got.sender, "preview": got.preview, "complete": got.complete,
             "packets_sent": r.packets_sent, "packets_received": r.packets_received,
             # Missing at release. A complete image is released as soon as FEC can rebuild
             # every stage, so for it these are packets not yet arrived (lost or not): only
@@ -50,23 +54,27 @@ def report_fields(got: ReceivedImage, path: Path, latency: float) -> dict[str, A
             "tokens_inpainted": r.tokens_inpainted, "bytes_received": r.bytes_received,
             "bytes_unusable": r.bytes_unusable,
             "decode_ms": round(1000 * got.received.decode_s, 1),
-            "latency_ms": round(1000 * latency, 1), "output": str(path),
+            "latency_ms": round(1000 * latency, 1), **extra, "output": str(path),
             "drops": got.drops}
 
 
-def report_line(got: ReceivedImage, path: Path, latency: float, as_json: bool) -> str:
-    """One line about one received image: JSON, or for people."""
-    fields = report_fields(got, path, latency)
+def report_line(got: ReceivedImage, path: Path, latency: float, as_json: bool,
+                preview_latency: float | None = None) -> str:
+    """One line about one received image (or preview): JSON, or for people."""
+    fields = report_fields(got, path, latency, preview_latency)
     if as_json:
         return json.dumps(fields)
     r = got.report
     missing = (f"{fields['packets_missing']} not needed" if got.complete
+               else f"{fields['packets_missing']} not yet in" if got.preview
                else f"{fields['packets_missing']} lost")
-    return (f"{fields['image_id']} {r.width}x{r.height} from {fields['sender']}: packets "
+    what = "preview of " if got.preview else ""
+    seen = "" if preview_latency is None else f" (preview after {1000 * preview_latency:.0f} ms)"
+    return (f"{what}{fields['image_id']} {r.width}x{r.height} from {fields['sender']}: packets "
             f"{r.packets_received}/{r.packets_sent} received, {missing}, "
             f"{r.packets_recovered} recovered by FEC; {r.tokens_inpainted}/{r.tokens} tokens "
             f"inpainted; {r.bytes_received} bytes ({r.bytes_unusable} unusable); latency "
-            f"{fields['latency_ms']:.0f} ms -> {path}{_drops_text(got.drops)}")
+            f"{fields['latency_ms']:.0f} ms{seen} -> {path}{_drops_text(got.drops)}")
 
 
 def _drops_text(drops: dict[str, int]) -> str:
@@ -114,15 +122,39 @@ def _skipped(due: DueImage, exc: ResilientTxError) -> None:
     print(f"resilient-tx: image {due.key[1]:08x} skipped: {exc}", file=sys.stderr)
 
 
-async def _write(got: ReceivedImage, cfg: ReceiverConfig) -> None:
-    from resilient_tx.images import FAST_PNG_LEVEL, save_rgb
+class Writer:
+    """Writes each image (and with ``--progressive`` its preview) and prints its report.
 
-    # Writes are awaited one at a time, so no two images race for the same free name.
-    path = output_path(Path(cfg.out_dir), got.image_id, cfg.overwrite,
-                       got.due.assembler.name)
-    await asyncio.get_running_loop().run_in_executor(None, save_rgb, got.image, path,
-                                                     FAST_PNG_LEVEL)
-    print(report_line(got, path, got.latency(), cfg.json), flush=True)
+    A preview goes to ``NAME.preview.png``, NAME being chosen then and kept for the final
+    picture, which replaces the preview file when it is written. Writes are awaited one
+    at a time, so no two images race for the same free name.
+    """
+
+    MAX_PENDING = 1024  # previews whose final picture never came (evicted) are forgotten
+
+    def __init__(self, cfg: ReceiverConfig) -> None:
+        self.cfg = cfg
+        self._pending: dict[Hashable, tuple[Path, float]] = {}  # key -> (final path, latency)
+
+    async def write(self, got: ReceivedImage) -> None:
+        from resilient_tx.images import FAST_PNG_LEVEL, save_rgb
+
+        latency = got.latency()
+        key = got.due.key
+        path, preview_s = self._pending.pop(key, (None, None))
+        if path is None or (path.exists() and not self.cfg.overwrite):
+            path = output_path(Path(self.cfg.out_dir), got.image_id, self.cfg.overwrite,
+                               got.due.assembler.name)
+        target = path.with_suffix(".preview.png") if got.preview else path
+        await asyncio.get_running_loop().run_in_executor(None, save_rgb, got.image, target,
+                                                         FAST_PNG_LEVEL)
+        if got.preview:
+            if len(self._pending) >= self.MAX_PENDING:
+                self._pending.clear()
+            self._pending[key] = (path, latency)
+        else:
+            path.with_suffix(".preview.png").unlink(missing_ok=True)
+        print(report_line(got, target, latency, self.cfg.json, preview_s), flush=True)
 
 
 def _notice(text: str) -> None:
@@ -150,11 +182,14 @@ async def serve(cfg: ReceiverConfig, receiver: Receiver, key: PacketKey | None =
         # A daemon thread, so that a receiver done with its --count images exits at once.
         threading.Thread(target=_warm_up, args=(receiver,), daemon=True).start()
         done = 0
+        writer = Writer(cfg)
         images = receive_images(rx, receiver, deadline=cfg.deadline, on_skip=_skipped,
                                 config=cfg, key=key, drops=drops, on_notice=_notice)
         async with aclosing(images):
             async for got in images:
-                await _write(got, cfg)
+                await writer.write(got)
+                if got.preview:
+                    continue
                 done += 1
                 if cfg.count and done >= cfg.count:
                     return
@@ -174,7 +209,8 @@ def cmd_recv(args: argparse.Namespace) -> int:
     cfg = config_from_args(ReceiverConfig, args)
     key = None if cfg.key_file is None else load_key(cfg.key_file, _warn)
     set_threads(cfg.threads)
-    receiver = Receiver(cfg.inpainter, resolve_device(cfg.device), cfg.ar_window)
+    receiver = Receiver(cfg.inpainter, resolve_device(cfg.device), cfg.ar_window,
+                        cfg.preview_inpainter)
     drops = Drops()
     try:
         asyncio.run(serve(cfg, receiver, key, drops))
@@ -221,6 +257,18 @@ def add_parser(sub: Any) -> None:
          f"{d.max_queued_per_sender})", "N"),
         ("max_queue_age", "drop an image that waited this long to be decoded "
          f"(default: {d.max_queue_age:g})", "SECONDS"),
+        ("progressive", "also write OUT_DIR/NAME.preview.png as soon as the first "
+         "--preview-stages stages of an image are in (replaced by NAME.png when it is done)",
+         None),
+        ("preview_stages", f"stages a preview waits for (default: {d.preview_stages})", "N"),
+        ("preview_inpainter", "how a preview fills the rest (default: "
+         f"{d.preview_inpainter}: fast; mim: better, about as slow as a final picture)",
+         None),
+        ("feedback", "send loss reports back to each sender, which plans its FEC with them "
+         "(default: on; --no-feedback for a silent receiver)", None),
+        ("feedback_interval", "at most one report per sender this often while packets "
+         f"arrive, and one at each image's end (default: {d.feedback_interval:g})",
+         "SECONDS"),
     ]:
         add_option(r, ReceiverConfig, name, help, metavar)
     r.add_argument("--config", help="YAML file with a recv: section")

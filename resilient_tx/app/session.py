@@ -30,6 +30,7 @@ from resilient_tx.errors import ResilientTxError, TransportError
 from resilient_tx.resilience.auth import PacketKey, ReplayWindow, Verifier
 from resilient_tx.resilience.collector import Collector, Drops, DueImage
 from resilient_tx.resilience.endpoint import Received, Receiver
+from resilient_tx.resilience.feedback import FeedbackHub
 from resilient_tx.resilience.reassembly import ReceiveReport
 from resilient_tx.transport import PacketReceiver
 
@@ -67,21 +68,27 @@ class ReceivedImage:
         """Every packet needed arrived before the deadline."""
         return self.received.complete
 
+    @property
+    def preview(self) -> bool:
+        """A preview (``progressive``): the same image comes again when it is done."""
+        return self.due.preview
+
     def latency(self, now: float | None = None) -> float:
         """Seconds from the image's first packet to ``now`` (default: this moment)."""
         return (time.monotonic() if now is None else now) - self.due.first_seen
 
 
 async def due_images(rx: PacketReceiver, collector: Collector,
-                     on_notice: NoticeHandler | None = None,
+                     on_notice: NoticeHandler | None = None, key: PacketKey | None = None,
                      ) -> AsyncGenerator[DueImage, None]:
     """Feed ``collector`` from ``rx``; yield each image as it becomes due (complete, or
     its deadline passed). ``on_notice`` hears the collector's one-time notices (e.g. a
-    key on one side only) as soon as they arise. Ends with
-    :class:`~resilient_tx.errors.TransportError` when ``rx`` closes."""
+    key on one side only) as soon as they arise. With a
+    :class:`~resilient_tx.resilience.feedback.FeedbackHub` on the collector, its reports
+    go back to each sender over ``rx`` (signed with ``key`` if given) when due. Ends
+    with :class:`~resilient_tx.errors.TransportError` when ``rx`` closes."""
     while True:
-        nxt = collector.next_deadline()
-        timeout = None if nxt is None else max(0.0, nxt - time.monotonic())
+        timeout = _next_wake(collector)
         try:
             data, peer = await asyncio.wait_for(rx.recv(), timeout)
         except asyncio.TimeoutError:
@@ -94,6 +101,23 @@ async def due_images(rx: PacketReceiver, collector: Collector,
                 yield due
         for due in collector.expired(time.monotonic()):
             yield due
+        _send_reports(rx, collector, key)
+
+
+def _next_wake(collector: Collector) -> float | None:
+    """Seconds until the next image deadline or feedback report, None for neither."""
+    times = [t for t in (collector.next_deadline(),
+                         None if collector.feedback is None else collector.feedback.next_due())
+             if t is not None]
+    return None if not times else max(0.0, min(times) - time.monotonic())
+
+
+def _send_reports(rx: PacketReceiver, collector: Collector, key: PacketKey | None) -> None:
+    """Feedback reports that are due, to their senders (best effort, never raises)."""
+    if collector.feedback is None:
+        return
+    for peer, report in collector.feedback.due_reports(time.monotonic(), key):
+        rx.reply(peer, report)
 
 
 @dataclass
@@ -120,6 +144,8 @@ class FairQueue:
 
     def push(self, due: DueImage, now: float) -> None:
         sender = due.key[0]
+        if not due.preview:
+            self._drop_preview(due)
         mine = self._queues.get(sender)
         held = 0 if mine is None else len(mine)
         if mine is not None and held >= self.max_per_sender:
@@ -135,6 +161,16 @@ class FairQueue:
             if not self._queues[heaviest]:
                 del self._queues[heaviest]
         self._queues.setdefault(sender, deque()).append((now, due))
+
+    def _drop_preview(self, due: DueImage) -> None:
+        """The final image is in: a preview of it not yet decoded is no use any more."""
+        mine = self._queues.get(due.key[0])
+        if mine is not None:
+            kept = [(t, d) for t, d in mine if not (d.preview and d.key == due.key)]
+            if len(kept) < len(mine):
+                self._queues[due.key[0]] = deque(kept)
+                if not kept:
+                    del self._queues[due.key[0]]
 
     def pop(self, now: float) -> DueImage | None:
         while self._queues:
@@ -152,17 +188,22 @@ class FairQueue:
 
 def make_collector(receiver: Receiver, cfg: ReceiverConfig,
                    key: PacketKey | None = None) -> Collector:
-    """The collector ``cfg`` describes: its caps, and with ``key`` signed packets only."""
+    """The collector ``cfg`` describes: its caps, previews, feedback, and with ``key``
+    signed packets only."""
     verifier = None if key is None else Verifier(key, ReplayWindow(cfg.replay_window))
-    return Collector.from_config(cfg, receiver.stage_count, stage_tokens=receiver.stage_tokens,
-                                 verifier=verifier)
+    collector = Collector.from_config(cfg, receiver.stage_count,
+                                      stage_tokens=receiver.stage_tokens, verifier=verifier)
+    if cfg.feedback:
+        collector.feedback = FeedbackHub(cfg.feedback_interval)
+    return collector
 
 
 async def _feed(rx: PacketReceiver, collector: Collector, queue: FairQueue,
-                wake: asyncio.Event, on_notice: NoticeHandler | None) -> None:
+                wake: asyncio.Event, on_notice: NoticeHandler | None,
+                key: PacketKey | None) -> None:
     """Move due images from the collector to the decode queue, for as long as ``rx``
     delivers: packets keep being read while an image decodes."""
-    async with aclosing(due_images(rx, collector, on_notice)) as images:
+    async with aclosing(due_images(rx, collector, on_notice, key)) as images:
         async for due in images:
             queue.push(due, time.monotonic())
             wake.set()
@@ -222,7 +263,7 @@ async def receive_images(rx: PacketReceiver, receiver: Receiver, *,
     wake = asyncio.Event()
     loop = asyncio.get_running_loop()
     feeder: asyncio.Future[object] = asyncio.ensure_future(
-        _feed(rx, collector, queue, wake, on_notice))
+        _feed(rx, collector, queue, wake, on_notice, key))
     try:
         while True:
             due = await _next_due(queue, feeder, wake)

@@ -28,6 +28,7 @@ from resilient_tx.config import ReceiverConfig
 from resilient_tx.errors import AuthenticationError, ResilientTxError
 from resilient_tx.resilience.auth import Verifier
 from resilient_tx.resilience.fec import MAX_CODEWORD
+from resilient_tx.resilience.feedback import FeedbackHub
 from resilient_tx.resilience.packet import MAX_NAME_BYTES, Packet
 from resilient_tx.resilience.reassembly import ImageAssembler
 
@@ -74,6 +75,7 @@ class _Entry:
     asm: ImageAssembler
     first_seen: float
     last_seen: float
+    previewed: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class DueImage:
     assembler: ImageAssembler
     first_seen: float
     complete: bool  # False: released by the deadline, with packets missing
+    preview: bool = False  # a snapshot once the first stages arrived; the image stays open
 
 
 StageCount = Callable[[bytes], int | None]  # model id -> quincunx stages; None: unknown
@@ -96,7 +99,10 @@ class Collector:
     """Groups packets into images; ``stage_count`` gives each model's quincunx stages.
 
     ``stage_tokens``, when given, lets headers be checked against the stage sizes;
-    ``verifier``, when given, makes the collector accept signed packets only.
+    ``verifier``, when given, makes the collector accept signed packets only. With
+    ``preview_stages`` = P > 0, ``feed`` also returns, once per image, a *preview*: a
+    snapshot of the image as soon as its first P stages can be completed while later
+    ones are still missing (the image itself stays open for the rest).
     """
 
     stage_count: StageCount
@@ -108,6 +114,8 @@ class Collector:
     max_buffered_bytes: int = ReceiverConfig.max_buffered_bytes
     stage_tokens: StageTokens | None = None
     verifier: Verifier | None = None
+    preview_stages: int = 0
+    feedback: FeedbackHub | None = None  # told of every admitted packet and release
     drops: Drops = field(default_factory=Drops)
     _open: dict[Key, _Entry] = field(default_factory=dict)
     _done: dict[Key, float] = field(default_factory=dict)
@@ -121,7 +129,7 @@ class Collector:
                     verifier: Verifier | None = None) -> Collector:
         return cls(stage_count, cfg.deadline, cfg.max_open, cfg.max_pixels,
                    cfg.max_open_per_sender, cfg.max_image_bytes, cfg.max_buffered_bytes,
-                   stage_tokens, verifier)
+                   stage_tokens, verifier, cfg.preview_stages if cfg.progressive else 0)
 
     @property
     def rejected(self) -> int:
@@ -135,6 +143,7 @@ class Collector:
             return None
         key = (sender, p.image_id, p.model_id)
         if key in self._done:
+            self._observe(sender, p, now)  # late packets still tell how lossy the path is
             return None  # a late or duplicate packet of an image already released
         entry = self._open.get(key)
         if entry is None:
@@ -151,16 +160,25 @@ class Collector:
             entry.asm.add(p)
             self.buffered += entry.asm.bytes_received - before
             entry.last_seen = now
+        self._observe(sender, p, now)
         stages = self.stage_count(p.model_id)
-        if stages is not None and entry.asm.is_complete(stages):
-            return self._release(key, complete=True)
+        if stages is None:
+            return None
+        done = entry.asm.stages_complete(stages)
+        if self.feedback is not None:
+            self.feedback.stages_complete(str(sender), p.image_id, done)
+        if done == stages:
+            return self._release(key, complete=True, now=now)
+        if 0 < self.preview_stages <= done and not entry.previewed:
+            entry.previewed = True
+            return DueImage(key, entry.asm.snapshot(), entry.first_seen, False, preview=True)
         return None
 
     def expired(self, now: float) -> list[DueImage]:
         """Images whose last packet is older than the deadline (and any evicted early)."""
         late = [k for k, e in self._open.items() if now - e.last_seen >= self.deadline]
         out, self._evicted = self._evicted, []
-        return out + [self._release(k, complete=False) for k in late]
+        return out + [self._release(k, complete=False, now=now) for k in late]
 
     def next_deadline(self) -> float | None:
         """When the next open image will expire (for the caller's timer)."""
@@ -256,8 +274,15 @@ class Collector:
     def _evict(self, key: Key) -> None:
         self._evicted.append(self._release(key, complete=False))
 
-    def _release(self, key: Key, complete: bool) -> DueImage:
+    def _observe(self, sender: Hashable, p: Packet, now: float) -> None:
+        if self.feedback is not None:
+            self.feedback.observe(str(sender), p.image_id, p.seq, p.total, p.size, now)
+
+    def _release(self, key: Key, complete: bool, now: float | None = None) -> DueImage:
         entry = self._open.pop(key)
+        if self.feedback is not None:
+            self.feedback.release(str(key[0]), key[1],
+                                  entry.last_seen if now is None else now)
         self.buffered -= entry.asm.bytes_received
         self._done[key] = entry.last_seen
         if len(self._done) > 4 * self.max_open:  # forget the oldest finished images

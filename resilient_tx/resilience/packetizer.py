@@ -68,6 +68,20 @@ class StagePlan:
 
 
 @dataclass(frozen=True)
+class _Cut:
+    """Every stage cut at one chunk capacity: (layout seed, chunks) per stage, and the
+    shapes the parity planner sees."""
+
+    stages: tuple[tuple[int, tuple[bytes, ...]], ...]
+    shapes: tuple[uep.StageShape, ...]
+
+    def plans(self, parity: tuple[int, ...]) -> tuple[StagePlan, ...]:
+        return tuple(StagePlan(s, len(chunks), par, seed, chunks)
+                     for s, ((seed, chunks), par) in enumerate(zip(self.stages, parity,
+                                                                   strict=True), start=1))
+
+
+@dataclass(frozen=True)
 class PacketizedImage:
     """Everything the sender produced for one image; ``tokens`` is kept for measurement."""
 
@@ -133,12 +147,16 @@ class Packetizer:
     def __init__(self, codec: Codec, profile: fec.FecProfile, rate_point: int = 0,
                  max_packet: int = DEFAULT_MAX_PACKET, min_chunks: int = 1,
                  context_depth: int = SenderConfig.context_depth,
-                 effort: int = SenderConfig.effort, wire_version: int = 2) -> None:
+                 effort: int = SenderConfig.effort, wire_version: int = 2,
+                 extra_bytes: int = 0) -> None:
         if min_chunks < 1:
             raise InputError(f"min_chunks must be >= 1, got {min_chunks}")
         if wire_version not in VERSIONS:
             raise InputError(f"wire version must be one of {VERSIONS}, got {wire_version!r}")
         self.wire_version = wire_version
+        # Bytes each packet gains after packetizing (a signature trailer): the planner
+        # counts them as rate.
+        self.extra_bytes = extra_bytes
         self.header_size = HEADER_SIZE_V1 if wire_version == 1 else HEADER_SIZE
         self.context_depth = check_depth(context_depth)
         self.effort = check_effort(effort)  # encoder refinement steps per image
@@ -162,15 +180,24 @@ class Packetizer:
         return self.packetize_tokens(tokens, image_id, width, height, name)
 
     def packetize_tokens(self, tokens: torch.Tensor, image_id: int, width: int, height: int,
-                         name: str | None = None) -> PacketizedImage:
-        """:meth:`packetize` for tokens already computed (``image_to_tokens``)."""
-        plans = self.plan_stages(tokens)
+                         name: str | None = None,
+                         plans: tuple[StagePlan, ...] | None = None) -> PacketizedImage:
+        """:meth:`packetize` for tokens already computed (``image_to_tokens``), and with
+        ``plans`` already made (:meth:`plan_within`)."""
+        plans = self.plan_stages(tokens) if plans is None else plans
         packets = spread_stages([self._stage_packets(plan, image_id, width, height)
                                  for plan in plans])
         if self.wire_version >= 2:
             meta = None if not name else self._meta_packet(name, image_id, width, height)
             packets = with_positions(packets, meta)
         return PacketizedImage(image_id, width, height, packets, plans, tokens)
+
+    def meta_bytes(self, name: str | None) -> int:
+        """Wire bytes of the metadata packets :meth:`packetize` adds for ``name``."""
+        if self.wire_version < 2 or not name:
+            return 0
+        room = max_payload(self.max_packet, self.header_size)
+        return 2 * (self.header_size + min(len(name_payload(name)), room) + self.extra_bytes)
 
     def _meta_packet(self, name: str, image_id: int, width: int, height: int) -> Packet:
         payload = name_payload(name)[: max_payload(self.max_packet, self.header_size)]
@@ -180,27 +207,71 @@ class Packetizer:
                       seq=0, total=1)
 
     def plan_stages(self, tokens: torch.Tensor) -> tuple[StagePlan, ...]:
+        """Cut every stage and give it the parity the profile plans; for a loss-rate
+        profile also the packet size whose plan has the lowest expected cost."""
+        best: tuple[float, _Cut, tuple[int, ...]] | None = None
+        for cut in self._cuts(tokens):
+            # Parity is planned for all stages at once: a loss-rate profile weighs them
+            # together, and then also picks the packet size with the lowest expected cost.
+            parity = self.profile.plan(cut.shapes)
+            score = self.profile.score(cut.shapes, parity)
+            if best is None or score < best[0]:
+                best = (score, cut, parity)
+        if best is None:
+            raise AssertionError("_capacities() is never empty")
+        return best[1].plans(best[2])
+
+    def plan_within(self, tokens: torch.Tensor,
+                    budget: int) -> tuple[tuple[StagePlan, ...], float] | None:
+        """The plan with the least expected share of tokens lost at the profile's loss
+        rate that puts at most ``budget`` bytes on the wire (packet size and parity chosen
+        together, never below the profile's floor), and that share; None if nothing fits.
+        """
+        if self.profile.distortion is None:
+            raise InputError(f"a byte budget needs a loss-rate FEC profile (auto or "
+                             f"for_loss:P), not {self.profile.name!r}")
+        best: tuple[float, int, _Cut, tuple[int, ...]] | None = None
+        for cut in self._cuts(tokens):
+            parity = uep.allocate_within(cut.shapes, self.profile.channel,
+                                         self.profile.distortion, budget,
+                                         self.profile.floor(cut.shapes))
+            if parity is None:
+                continue
+            lost = uep.expected_lost(cut.shapes, parity, self.profile.channel)
+            wire = uep.wire_bytes(cut.shapes, parity)
+            if best is None or (lost, wire) < best[:2]:
+                best = (lost, wire, cut, parity)
+        return None if best is None else (best[2].plans(best[3]), best[0])
+
+    def _cuts(self, tokens: torch.Tensor) -> list[_Cut]:
+        """Every stage cut at each chunk capacity to try, with the shapes the planner sees.
+
+        Stage 1 may also be cut smaller than the rest: it is a few packets that every
+        other stage depends on, and protecting it with more, smaller packets costs fewer
+        bytes than with whole extra copies of large ones.
+        """
         _, h, w = tokens.shape
         coder = self.codec.stage_coder(h, w, self.context_depth)
         coded = [_coded_stage(coder, tokens, s) for s in range(1, coder.num_stages + 1)]
-        best: tuple[float, list[tuple[int, tuple[bytes, ...]]], tuple[int, ...]] | None = None
-        for capacity in self._capacities():
-            cuts = [self._cut_stage(coder, st, capacity) for st in coded]
-            shapes = [uep.StageShape(len(chunks), self.header_size + fec.PREFIX_SIZE
-                                     + max(len(c) for c in chunks), st.share, st.context)
-                      for (_, chunks), st in zip(cuts, coded, strict=True)]
-            # Parity is planned for all stages at once: a loss-rate profile weighs them
-            # together, and then also picks the packet size with the lowest expected cost.
-            parity = self.profile.plan(shapes)
-            score = self.profile.score(shapes, parity)
-            if best is None or score < best[0]:
-                best = (score, cuts, parity)
-        if best is None:
-            raise AssertionError("_capacities() is never empty")
-        _, cuts, parity = best
-        return tuple(StagePlan(s, len(chunks), par, seed, chunks)
-                     for s, ((seed, chunks), par) in enumerate(zip(cuts, parity, strict=True),
-                                                               start=1))
+        cache: dict[tuple[int, int], tuple[int, tuple[bytes, ...]]] = {}
+
+        def cut(s: int, capacity: int) -> tuple[int, tuple[bytes, ...]]:
+            if (s, capacity) not in cache:
+                cache[s, capacity] = self._cut_stage(coder, coded[s], capacity)
+            return cache[s, capacity]
+
+        per_packet = self.header_size + fec.PREFIX_SIZE + self.extra_bytes
+        caps = self._capacities()
+        out = []
+        for capacity in caps:
+            for first in [c for c in caps if c <= capacity]:
+                cuts = tuple(cut(s, first if s == 0 else capacity) for s in range(len(coded)))
+                shapes = tuple(uep.StageShape(len(chunks),
+                                              per_packet + max(len(c) for c in chunks),
+                                              st.share, st.context)
+                               for (_, chunks), st in zip(cuts, coded, strict=True))
+                out.append(_Cut(cuts, shapes))
+        return out
 
     def _capacities(self) -> list[int]:
         """Chunk capacities to try: the configured one, and for a loss-rate profile also

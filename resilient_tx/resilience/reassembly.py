@@ -16,6 +16,7 @@ or a simulator, in any order, with duplicates.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -119,8 +120,24 @@ class ImageAssembler:
 
     def is_complete(self, num_stages: int) -> bool:
         """Every stage has at least k shards, so FEC (or nothing) yields all its chunks."""
-        return all(s in self.stages and len(self.stages[s].shards) >= self.stages[s].k
-                   for s in range(1, num_stages + 1))
+        return self.stages_complete(num_stages) == num_stages
+
+    def stages_complete(self, num_stages: int) -> int:
+        """How many leading stages have at least k shards (FEC can complete them)."""
+        for s in range(1, num_stages + 1):
+            st = self.stages.get(s)
+            if st is None or len(st.shards) < st.k:
+                return s - 1
+        return num_stages
+
+    def snapshot(self) -> ImageAssembler:
+        """A copy that later packets do not change (a preview decodes it in another thread
+        while this one keeps collecting)."""
+        twin = copy.copy(self)
+        twin.stages = {s: _Stage(st.k, st.n, st.header, dict(st.shards))
+                       for s, st in self.stages.items()}
+        twin._meta = set(self._meta)
+        return twin
 
 
 def _wire_bytes(st: _Stage, indices) -> int:
