@@ -7,8 +7,14 @@ The oracle is the same codec with no loss at (1 - p) x the bytes on the wire, re
 the no-loss rate-distortion points of the shipped rate points (linear in bpp; flagged
 when outside their range).
 
+The classical baselines (``--baselines``) get the same wire bytes: JPEG with restart
+markers (:mod:`resilient_tx.eval.jpeg_baseline`), and AVIF and WebP files with RS parity
+across the whole file (:mod:`resilient_tx.eval.file_fec`), each with its parity tuned per
+image and point in hindsight over trials ("...+fec*"); the files also with parity and
+packet size planned for the point's loss model and rate ("avif+fec", "webp+fec").
+
 A run is one (image, channel, FEC profile, context depth, trial) with all its inpainters
-and JPEG baselines; each is appended to the journal (:mod:`sweep_io`) when it finishes, and
+and classical baselines; each is appended to the journal (:mod:`sweep_io`) when it finishes, and
 the JSON, CSV, table and figures (:mod:`sweep_plots`) are made from the journal at the end,
 so a stopped sweep resumes where it stopped. The seed of a run depends only on the run, so a
 resumed sweep gives the results of an uninterrupted one.
@@ -39,7 +45,7 @@ from tqdm import tqdm  # noqa: E402
 from resilient_tx.codec.image_codec import Codec  # noqa: E402
 from resilient_tx.codec.inpaint import Inpainter, get_inpainter  # noqa: E402
 from resilient_tx.errors import InputError, ResilientTxError  # noqa: E402
-from resilient_tx.eval import jpeg_baseline, metrics  # noqa: E402
+from resilient_tx.eval import classical, file_fec, jpeg_baseline, metrics  # noqa: E402
 from resilient_tx.images import load_rgb, save_rgb  # noqa: E402
 from resilient_tx.resilience import fec, reassembly  # noqa: E402
 from resilient_tx.resilience.packetizer import PacketizedImage, Packetizer  # noqa: E402
@@ -52,6 +58,7 @@ from simulations.sweep_args import FOR_LOSS, PROG, RUNTIME, parse_args  # noqa: 
 from simulations.sweep_io import OraclePoint, RunKey, Trial  # noqa: E402
 from simulations.sweep_plots import (  # noqa: E402
     EXAMPLES,
+    FILE_CODECS,
     TUNED,
     compare_setting,
     plot_all,
@@ -138,34 +145,104 @@ def jpeg_for(img: np.ndarray, sent: PacketizedImage, max_packet: int) -> JpegPai
     return JpegPair(at(None), at(jpeg_baseline.flat_parity(frac)) if parity else None, tuned)
 
 
+def _baseline_trial(img: np.ndarray, name: str, method: str, total_bytes: int,
+                    quality: tuple[float, float], label: dict[str, Any],
+                    received: float = float("nan"), unusable: float = float("nan")) -> Trial:
+    h, w = img.shape[:2]
+    nan = float("nan")
+    return Trial(image=name, inpainter=method, wire_bpp=metrics.bpp(total_bytes, w, h),
+                 received_fraction=received, tokens_inpainted=nan, unusable_fraction=unusable,
+                 psnr=quality[0], ms_ssim=quality[1], inpaint_s=nan, **label)
+
+
 def run_jpeg(img: np.ndarray, name: str, pair: JpegPair, cfg: channel.ChannelConfig,
              seed: int, label: dict[str, Any]) -> list[Trial]:
-    out = []
-    h, w = img.shape[:2]
     runs = [("jpeg", pair.plain), ("jpeg+fec", pair.with_fec),
             *((f"{TUNED}@{f:g}", jp) for f, jp in pair.tuned.items())]
-    for iname, jp in runs:
-        if jp is None:
-            continue
-        ps, ms = _quality(img, jpeg_baseline.simulate(jp, cfg, seed))
-        nan = float("nan")
-        out.append(Trial(image=name, inpainter=iname,
-                         wire_bpp=metrics.bpp(jp.total_bytes, w, h), received_fraction=nan,
-                         tokens_inpainted=nan, unusable_fraction=nan, psnr=ps, ms_ssim=ms,
-                         inpaint_s=nan, **label))
+    return [_baseline_trial(img, name, iname, jp.total_bytes,
+                            _quality(img, jpeg_baseline.simulate(jp, cfg, seed)), label)
+            for iname, jp in runs if jp is not None]
+
+
+# Parity fractions tried for the hindsight-tuned file baselines ("avif+fec*", "webp+fec*"):
+# JPEG's, so the two kinds of classical baseline get the same choice.
+FILE_FRACTIONS = JPEG_FRACTIONS
+
+
+@dataclass
+class ImageCache:
+    """What the runs of one image share, emptied for the next image: packets and JPEG
+    baselines per FEC setting, file baselines per budget (and channel), each classical
+    codec's encodes by quality, and the (PSNR, MS-SSIM) of each picture a file baseline
+    can show (all-or-nothing: the file's picture, or grey)."""
+
+    packets: dict[tuple, tuple[PacketizedImage, JpegPair]] = dataclasses.field(
+        default_factory=dict)
+    files: dict[tuple, file_fec.FilePackets | None] = dataclasses.field(default_factory=dict)
+    encodes: dict[str, metrics.EncodeCache] = dataclasses.field(
+        default_factory=lambda: defaultdict(dict))
+    scores: dict[tuple[str, int], tuple[float, float]] = dataclasses.field(
+        default_factory=dict)
+
+    def clear(self) -> None:
+        for part in (self.packets, self.files, self.encodes, self.scores):
+            part.clear()
+
+
+def file_plans(img: np.ndarray, codec: str, budget: int, cfg: channel.ChannelConfig,
+               max_packet: int, cache: ImageCache) -> list[tuple[str, file_fec.FilePackets]]:
+    """``codec``'s file baselines within ``budget`` wire bytes: one per parity fraction of
+    :data:`FILE_FRACTIONS` that fits ("CODEC+fec*@F"), and the plan for ``cfg``'s loss
+    ("CODEC+fec", :func:`file_fec.tuned_for_loss`)."""
+    c = classical.check_codec(codec)
+    burst = cfg.burst_length if cfg.loss_model == "gilbert" else 1.0
+    plans: list[tuple[str, tuple, Any]] = [
+        (f"{codec}+fec*@{f:g}", (c, budget, f),
+         functools.partial(file_fec.at_bytes, img, c, budget, f, max_packet))
+        for f in FILE_FRACTIONS]
+    plans.append((f"{codec}+fec", (c, budget, cfg.loss_rate, burst),
+                  functools.partial(file_fec.tuned_for_loss, img, c, budget, cfg.loss_rate,
+                                    max_packet, burst)))
+    out = []
+    for name, key, make in plans:
+        if key not in cache.files:
+            cache.files[key] = make(cache=cache.encodes[c])
+        if (fp := cache.files[key]) is not None:
+            out.append((name, fp))
     return out
 
 
-def tuned_jpeg(trials: list[Trial]) -> list[Trial]:
-    """The "jpeg+fec*" trials: per image and point, those of its best parity fraction."""
+def run_files(img: np.ndarray, name: str, plans: list[tuple[str, file_fec.FilePackets]],
+              cfg: channel.ChannelConfig, seed: int, cache: ImageCache,
+              label: dict[str, Any]) -> list[Trial]:
+    """Each file baseline sent once with ``seed`` (common random numbers across them)."""
+    out = []
+    for method, fp in plans:
+        arrived = file_fec.arrivals(fp, cfg, seed)
+        picture = file_fec.receive(fp, arrived)
+        whole = len(arrived) >= fp.k
+        key = (fp.codec, fp.quality) if whole else ("grey", 0)
+        if key not in cache.scores:
+            cache.scores[key] = _quality(img, picture)
+        out.append(_baseline_trial(img, name, method, fp.total_bytes, cache.scores[key],
+                                   label, received=len(arrived) / fp.n,
+                                   unusable=0.0 if whole else 1.0))
+    return out
+
+
+def hindsight(trials: list[Trial]) -> list[Trial]:
+    """The tuned baselines ("jpeg+fec*", "avif+fec*", ...): per image, point and method,
+    the trials of the parity fraction with the best mean PSNR ("METHOD@FRACTION" runs)."""
     groups: dict[tuple, dict[str, list[Trial]]] = defaultdict(lambda: defaultdict(list))
     for t in trials:
-        if t.inpainter.startswith(TUNED + "@"):
-            groups[(t.loss_model, t.loss, t.fec, t.depth, t.image)][t.inpainter].append(t)
+        method, at, _ = t.inpainter.partition("@")
+        if at:
+            groups[(t.loss_model, t.loss, t.fec, t.depth, t.image, method)][
+                t.inpainter].append(t)
     out = []
-    for by_fraction in groups.values():
+    for key, by_fraction in groups.items():
         best = max(by_fraction.values(), key=lambda ts: np.mean([t.psnr for t in ts]))
-        out += [dataclasses.replace(t, inpainter=TUNED) for t in best]
+        out += [dataclasses.replace(t, inpainter=key[-1]) for t in best]
     return out
 
 
@@ -211,8 +288,8 @@ def _nanmean(xs: list[float]) -> float:
 
 def summarise(trials: list[Trial]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[Trial]] = defaultdict(list)
-    for t in [*trials, *tuned_jpeg(trials)]:
-        if not t.inpainter.startswith(TUNED + "@"):  # per-fraction runs: in the JSON only
+    for t in [*trials, *hindsight(trials)]:
+        if "@" not in t.inpainter:  # per-fraction runs: in the JSON only
             groups[(t.loss_model, t.loss, t.fec, t.depth, t.inpainter)].append(t)
     rows = []
     for (lm, p, f, d, inp), ts in sorted(groups.items()):
@@ -246,10 +323,17 @@ def print_table(rows: list[dict[str, Any]], oracle_pts: Sequence[OraclePoint],
           "(* = outside them: above, extrapolated at db_per_doubling of configs/fec.yaml); "
           "gap: oracle - PSNR. runs: image x trial pairs averaged. fill s: inpainting seconds "
           "per image (mean).")
-    if any(r["inpainter"].startswith("jpeg") for r in rows):
+    methods = {r["inpainter"] for r in rows}
+    if any(m.startswith("jpeg") for m in methods):
         print("jpeg+fec: our parity fraction; jpeg+fec*: per image the best of parity "
-              f"fractions {JPEG_FRACTIONS}. JPEG rows have fewer runs where even quality 1 "
-              "plus parity exceeds our bytes.")
+              f"fractions {JPEG_FRACTIONS} in hindsight. JPEG rows have fewer runs where "
+              "even quality 1 plus parity exceeds our bytes.")
+    if any(m.split("+")[0] in FILE_CODECS for m in methods):
+        print("avif/webp: the whole file in equal packets with RS parity across them (all "
+              "or nothing; grey when lost). +fec*: per image the best of parity fractions "
+              f"{FILE_FRACTIONS} in hindsight; +fec: parity and packet size planned for the "
+              "point's loss (best expected PSNR). recv: packets received; unusable: 1 when "
+              "the file was lost.")
 
 
 # ----------------------------------------------------------------------------- the runs
@@ -319,23 +403,33 @@ class Setup:
         return (run.index, run.trial, run.loss_model, (run.fec, run.depth)) == (0, 0, lm, fd)
 
 
-def _encoded(s: Setup, cache: dict[tuple, tuple[PacketizedImage, JpegPair]],
-             run: Run, img: np.ndarray) -> tuple[PacketizedImage, JpegPair]:
+def _encoded(s: Setup, cache: ImageCache, run: Run,
+             img: np.ndarray) -> tuple[PacketizedImage, JpegPair]:
     """The packets of ``run``'s image and FEC setting, and its JPEG baselines (cached per
     image: every loss model, trial and loss rate but for_loss's reuse them)."""
     key = (run.fec, run.depth, run.loss if run.fec == FOR_LOSS else None)
-    if key not in cache:
+    if key not in cache.packets:
         sent = Packetizer(s.codec, _profile(run.fec, run.loss), max_packet=s.args.max_packet,
                           context_depth=run.depth).packetize(img, run.index)
-        pair = JpegPair(None, None) if s.args.no_jpeg else jpeg_for(img, sent,
-                                                                    s.args.max_packet)
-        cache[key] = (sent, pair)
-    return cache[key]
+        pair = jpeg_for(img, sent, s.args.max_packet) if "jpeg" in s.args.baselines \
+            else JpegPair(None, None)
+        cache.packets[key] = (sent, pair)
+    return cache.packets[key]
+
+
+def _file_trials(s: Setup, cache: ImageCache, run: Run, img: np.ndarray, budget: int,
+                 seed: int) -> list[Trial]:
+    """Every file baseline of ``run`` (AVIF, WebP: those in --baselines)."""
+    out = []
+    for codec in (c for c in FILE_CODECS if c in s.args.baselines):
+        plans = file_plans(img, codec, budget, run.cfg, s.args.max_packet, cache)
+        out += run_files(img, run.image, plans, run.cfg, seed, cache, run.label())
+    return out
 
 
 def sweep(s: Setup, todo: list[Run], bar: tqdm) -> None:
     """Do ``todo``, appending each run to the journal as it finishes."""
-    cache: dict[tuple, tuple[PacketizedImage, JpegPair]] = {}
+    cache = ImageCache()
     current = None
     for run in todo:
         if run.image != current:  # a new image: its packets replace the last one's
@@ -347,6 +441,7 @@ def sweep(s: Setup, todo: list[Run], bar: tqdm) -> None:
         trials, recons = run_point(s.codec, img, run.image, sent, run.cfg, seed, s.inpainters,
                                    run.label())
         trials += run_jpeg(img, run.image, pair, run.cfg, seed, run.label())
+        trials += _file_trials(s, cache, run, img, sent.total_bytes, seed)
         if s.example_run(run):  # saved before the journal line: a resumed run has its PNGs
             for name, recon in recons.items():
                 save_example(s.out, run.loss, name, recon)
@@ -369,6 +464,10 @@ def _check(args: argparse.Namespace) -> None:
 def setup(args: argparse.Namespace) -> Setup:
     """Check the arguments and load everything, so mistakes fail before the long part."""
     _check(args)
+    if "avif" in args.baselines and not classical.avif_available():
+        print(f"{PROG}: this Pillow has no AVIF support: the AVIF baselines are skipped",
+              file=sys.stderr)
+        args.baselines = [b for b in args.baselines if b != "avif"]  # the journal says so
     set_threads(args.threads)
     device = resolve_device(args.device)
     files = image_files(args.images, args.limit)

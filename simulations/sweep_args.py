@@ -16,6 +16,7 @@ from resilient_tx.errors import InputError
 from resilient_tx.zoo.registry import available_rates, derived_dir
 from simulations import sweep_io
 from simulations.sim_common import SAMPLES
+from simulations.sweep_plots import BASELINES
 
 PROG = "loss_sweep.py"
 FOR_LOSS = "for_loss"  # FEC profile derived from the loss rate being simulated
@@ -25,9 +26,12 @@ Loss sweep: picture quality against packet loss, for FEC profiles and inpainters
 
 Each image is encoded and packetized once per FEC profile and context depth, sent through
 the seeded channel simulator at each loss rate and trial, received by the real receiver
-(exact tokens only) and completed by each inpainter. The baselines are JPEG, and JPEG
-with Reed-Solomon parity, at the same bytes on the wire. The oracle is the same codec
-without loss at (1 - p) times the bytes on the wire, read off the shipped rate points.
+(exact tokens only) and completed by each inpainter. The classical baselines
+(--baselines) are at the same bytes on the wire: JPEG with restart markers, without and
+with Reed-Solomon parity across its packets, and AVIF and WebP files cut into packets with
+Reed-Solomon parity across the file (which decode whole or not at all). The oracle is the
+same codec without loss at (1 - p) times the bytes on the wire, read off the shipped rate
+points.
 
 Without --images it runs on the photo bundled with the package. For the full evaluation,
 download the Kodak set (kodim01..24.png, e.g. from https://r0k.us/graphics/kodak/) into a
@@ -35,7 +39,8 @@ folder and pass --images DIR.
 
 Each finished run is appended to OUT/runs.jsonl at once; a stopped sweep continues when
 the same command is run again with --resume. At the end it writes OUT/loss_sweep.json and
-OUT/loss_sweep.csv, the figures OUT/loss_sweep.png (ours against JPEG), OUT/inpainters.png
+OUT/loss_sweep.csv, the figures OUT/loss_sweep.png (ours against the classical baselines),
+OUT/inpainters.png
 (every inpainter at one fixed FEC setting) and OUT/examples.png (reconstructions of the
 first image), and prints a table."""
 
@@ -45,6 +50,7 @@ examples:
   python simulations/loss_sweep.py --images DIR --limit 8 --trials 2
   python simulations/loss_sweep.py --images DIR --limit 8 --trials 2 --resume
   python simulations/loss_sweep.py --loss-model gilbert --burst 4 --rates 0.3 0.5
+  python simulations/loss_sweep.py --baselines avif webp         # no JPEG
   python simulations/loss_sweep.py --replot out/loss_sweep       # figures again"""
 
 
@@ -55,12 +61,12 @@ def _base_rates() -> list[str]:
 
 def quick_settings() -> dict[str, Any]:
     """What --quick sets (flags given with it still win): the bundled photo, two loss
-    rates, one channel, one context depth, MIM only, one trial, no JPEG, and the oracle
-    read off the trained rate points only."""
+    rates, one channel, one context depth, MIM only, one trial, no classical baselines,
+    and the oracle read off the trained rate points only."""
     return {"images": str(SAMPLES), "limit": 1, "rates": [0.2, 0.4], "trials": 1,
             "loss_model": "bernoulli", "fec": ["light", FOR_LOSS],
             "context_depth": [SenderConfig().context_depth], "inpainters": ["mim"],
-            "no_jpeg": True, "oracle_rates": _base_rates()}
+            "baselines": [], "oracle_rates": _base_rates()}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,14 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inpainters to compare (default: mim ar neighbor none)")
     p.add_argument("--ar-window", type=int, help="AR inpainter window in tokens per side "
                    "(default: the prior's)")
-    p.add_argument("--no-jpeg", action="store_true", help="skip the JPEG baselines")
+    p.add_argument("--baselines", nargs="+", choices=BASELINES, default=list(BASELINES),
+                   metavar="CODEC", help="classical baselines at the same wire bytes, of "
+                   f"{' '.join(BASELINES)} (default: all; AVIF is skipped where Pillow "
+                   "lacks it)")
+    p.add_argument("--no-baselines", action="store_true", help="no classical baselines")
+    p.add_argument("--no-jpeg", action="store_true",
+                   help="the old name of --no-baselines (from when JPEG was the only one)")
     p.add_argument("--compare-fec", help="FEC profile of inpainters.png and examples.png "
                    "(default: light, else strong, else none, whichever is swept)")
     p.add_argument("--oracle-rates", nargs="+", metavar="RATE",
                    help="rate points the oracle is read off (default: every shipped one)")
     p.add_argument("--quick", action="store_true",
                    help="a first look in a minute or two: the bundled photo, loss 0.2 and "
-                   "0.4, bernoulli, FEC light and for_loss, MIM only, one trial, no JPEG")
+                   "0.4, bernoulli, FEC light and for_loss, MIM only, one trial, no "
+                   "classical baselines")
     p.add_argument("--resume", action="store_true",
                    help="continue the stopped sweep in --out with its settings, skipping the "
                    "runs already in OUT/runs.jsonl (without --resume that file starts afresh)")
@@ -125,9 +138,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.resume and not args.replot:
         old = sweep_io.read_journal(Path(args.out) / sweep_io.JOURNAL).args
         p.set_defaults(**{k: v for k, v in old.items() if k not in RUNTIME})
-        args = p.parse_args(argv)
+        args = _baselines(p.parse_args(argv))
         changed = sweep_io.setup_mismatch(old, vars(args))
         if changed:
             raise InputError(f"{', '.join(changed)} differ from the sweep being resumed in "
                              f"{args.out}: give the same, or drop --resume to start afresh")
+    return _baselines(args)
+
+
+def _baselines(args: argparse.Namespace) -> argparse.Namespace:
+    """``baselines`` as the sweep uses it: empty under --no-baselines or --no-jpeg, each
+    codec once, in :data:`BASELINES` order."""
+    chosen = set() if args.no_baselines or args.no_jpeg else set(args.baselines)
+    args.baselines = [b for b in BASELINES if b in chosen]
     return args

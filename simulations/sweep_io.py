@@ -1,10 +1,14 @@
 """The loss sweep's files: a journal of finished runs, and the final JSON and CSV.
 
 Every finished run (one image, channel, FEC setting and trial, with all its inpainters and
-JPEG baselines) is appended to ``OUT/runs.jsonl`` as one line at once, so a sweep that is
+classical baselines) is appended to ``OUT/runs.jsonl`` as one line at once, so a sweep that is
 stopped keeps everything it finished and ``--resume`` can skip those runs. The first line
 holds the arguments of the sweep; the reference (oracle) points are stored too, once
 computed. A line cut short by a kill is dropped when the journal is read back.
+
+Version 2 added ``--baselines`` (JPEG, AVIF, WebP) to the arguments. A version-1 journal
+(JPEG the only baseline, ``--no-jpeg`` to drop it) is read as the version-2 journal of the
+same sweep, with ``baselines`` ["jpeg"] or [], so a sweep started before still resumes.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from typing import Any
 from resilient_tx.errors import InputError
 
 JOURNAL = "runs.jsonl"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # journal versions this build reads
 
 #: Arguments that change the result of a run that is already in the journal: a resumed
 #: sweep must use the same. The others only choose which runs exist (or how they run).
-SETUP = ("images", "rate", "seed", "burst", "max_packet", "inpainters", "ar_window", "no_jpeg")
+SETUP = ("images", "rate", "seed", "burst", "max_packet", "inpainters", "ar_window",
+         "baselines")
 
 RunKey = tuple[str, str, float, str, int, int]  # image, loss model, loss, fec, depth, trial
 OraclePoint = tuple[float, float, float]  # wire bpp, PSNR, MS-SSIM
@@ -76,8 +82,12 @@ def read_journal(path: Path) -> Journal:
     if not path.is_file():
         raise InputError(f"nothing to resume: {path} does not exist")
     lines = _lines(path)
-    if not lines or lines[0].get("kind") != "header" or lines[0].get("version") != VERSION:
-        raise InputError(f"{path} is not a loss sweep journal (version {VERSION})")
+    if not lines or lines[0].get("kind") != "header":
+        raise InputError(f"{path} is not a loss sweep journal")
+    if lines[0].get("version") not in READS:
+        raise InputError(f"{path} is a loss sweep journal of version "
+                         f"{lines[0].get('version')}; this build reads versions "
+                         f"{', '.join(map(str, READS))}: drop --resume to start afresh")
     runs: dict[RunKey, list[Trial]] = {}
     oracle = None
     for rec in lines[1:]:
@@ -85,7 +95,15 @@ def read_journal(path: Path) -> Journal:
             runs[_key(rec["key"])] = [Trial(**t) for t in rec["trials"]]
         elif rec["kind"] == "oracle":
             oracle = rec
-    return Journal(lines[0]["args"], runs, oracle)
+    return Journal(_upgrade(lines[0]["version"], lines[0]["args"]), runs, oracle)
+
+
+def _upgrade(version: int, args: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 journal's arguments as version 2 has them: JPEG its only baseline."""
+    if version >= 2 or "baselines" in args:
+        return args
+    return {**args, "baselines": [] if args.get("no_jpeg") else ["jpeg"],
+            "no_baselines": False}
 
 
 def _key(raw: list[Any]) -> RunKey:

@@ -1,7 +1,8 @@
 """The loss sweep's figures, drawn from its summary rows (so ``--replot`` needs no codec).
 
-Every figure copes with any subset of inpainters, with or without the JPEG baselines, and
-keeps its legend beside the axes, off the curves.
+Every figure copes with any subset of inpainters, with or without the classical baselines
+(JPEG, and AVIF / WebP files with an erasure code), and keeps its legend beside the axes,
+off the curves.
 """
 
 from __future__ import annotations
@@ -17,14 +18,20 @@ import numpy as np
 from resilient_tx.images import load_rgb, save_rgb
 
 TUNED = "jpeg+fec*"
-JPEG_METHODS = ("jpeg", "jpeg+fec", TUNED)
+#: The classical codecs ``--baselines`` chooses from; AVIF and WebP travel as whole files.
+BASELINES = ("jpeg", "avif", "webp")
+FILE_CODECS = ("avif", "webp")
+#: Summary rows of the classical baselines (per-fraction runs, "NAME@FRACTION", aside).
+CLASSICAL_METHODS = ("jpeg", "jpeg+fec", TUNED,
+                     *(f"{c}+fec{star}" for c in FILE_CODECS for star in ("", "*")))
 #: Inpainters in the order a figure prefers them: the first one swept stands for ours.
 OURS_ORDER = ("mim", "ar", "neighbor", "none")
 #: FEC profiles for the inpainter comparison, best first: fixed parity that leaves tokens
 #: to inpaint at high loss (for_loss plans parity for the loss, so little is ever missing).
 COMPARE_ORDER = ("light", "strong", "none")
 STYLES = {"mim": "o-", "ar": "x--", "neighbor": "^-", "none": "v:", "jpeg": "s--",
-          "jpeg+fec": "d-.", TUNED: "P-."}
+          "jpeg+fec": "d-.", TUNED: "P-.", "avif+fec": "*:", "avif+fec*": "*-.",
+          "webp+fec": "h:", "webp+fec*": "h-."}
 EXAMPLES = "examples"  # subfolder of OUT with the example reconstructions as PNGs
 
 Row = dict[str, Any]
@@ -39,9 +46,14 @@ def _pyplot() -> Any:
     return plt
 
 
+def classical(method: str) -> bool:
+    """Whether ``method`` is a classical baseline (a summary row or a per-fraction run)."""
+    return method in CLASSICAL_METHODS or "@" in method
+
+
 def ours(rows: list[Row]) -> str | None:
     """The inpainter that stands for our scheme in the main figure: MIM when swept."""
-    names = {r["inpainter"] for r in rows if r["inpainter"] not in JPEG_METHODS}
+    names = {r["inpainter"] for r in rows if not classical(r["inpainter"])}
     ranked = [n for n in OURS_ORDER if n in names] + sorted(names - set(OURS_ORDER))
     return ranked[0] if ranked else None
 
@@ -56,14 +68,16 @@ def compare_setting(fecs: Sequence[str], depths: Sequence[int],
 
 def plot(rows: list[Row], path: Path, want: Callable[[Row], bool], title: str) -> bool:
     """PSNR and MS-SSIM against loss, one column per loss model, for the rows ``want``
-    keeps; one colour per (FEC profile, depth), line style by method. False (and no file)
-    when no row is kept."""
+    keeps; one colour per (FEC profile, depth), line style by method (one colour per
+    method when only one setting is kept). False (and no file) when no row is kept."""
     kept = [r for r in rows if want(r)]
     if not kept:
         return False
     plt = _pyplot()
     settings = sorted({(r["fec"], r["depth"]) for r in kept})
-    colour = {fd: plt.get_cmap("tab10")(i % 10) for i, fd in enumerate(settings)}
+    by_method = len(settings) == 1  # colours would otherwise say nothing
+    keys = sorted({r["inpainter"] for r in kept}) if by_method else settings
+    colour = {key: plt.get_cmap("tab10")(i % 10) for i, key in enumerate(keys)}
     models = sorted({r["loss_model"] for r in kept})
     fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models) + 3.5, 8),
                              squeeze=False, layout="constrained")
@@ -77,7 +91,8 @@ def plot(rows: list[Row], path: Path, want: Callable[[Row], bool], title: str) -
             bpp = np.mean([r["wire_bpp"] for r in pts])
             for row, key in ((0, "psnr"), (1, "ms_ssim")):
                 axes[row][col].plot([100 * r["loss"] for r in pts], [r[key] for r in pts],
-                                    STYLES.get(method, "o-"), color=colour[(f, d)], ms=4,
+                                    STYLES.get(method, "o-"), ms=4,
+                                    color=colour[method if by_method else (f, d)],
                                     label=f"{method}, FEC {f}, depth {d} ({bpp:.3f} bpp)")
         for row, name in ((0, "PSNR (dB)"), (1, "MS-SSIM")):
             ax = axes[row][col]
@@ -115,14 +130,15 @@ def plot_all(rows: list[Row], out: Path, preferred_fec: str | None = None) -> Fi
     (every inpainter at one fixed FEC setting, see :func:`compare_setting`)."""
     depth = max((r["depth"] for r in rows), default=0)
     main = ours(rows)
-    keep = {main, *JPEG_METHODS}
-    jpeg = any(r["inpainter"] in JPEG_METHODS for r in rows)
+    keep = {main, *CLASSICAL_METHODS}
+    codecs = sorted({r["inpainter"].split("+")[0].upper() for r in rows
+                     if r["inpainter"] in CLASSICAL_METHODS})
     plot(rows, out / "loss_sweep.png", lambda r: r["depth"] == depth and r["inpainter"] in keep,
          f"resilient-tx ({main} inpainting, context depth {depth})"
-         + (" vs JPEG at the same bytes" if jpeg else ""))
+         + (f" vs {', '.join(codecs)} at the same bytes" if codecs else ""))
     fec, d = compare_setting(sorted({r["fec"] for r in rows}), [depth], preferred_fec)
     plot(rows, out / "inpainters.png",
-         lambda r: (r["fec"], r["depth"]) == (fec, d) and r["inpainter"] not in JPEG_METHODS,
+         lambda r: (r["fec"], r["depth"]) == (fec, d) and not classical(r["inpainter"]),
          f"inpainters at FEC {fec}, context depth {d}{_lost_note(rows, fec, d)}")
     return Figures(main, fec, d)
 
@@ -130,7 +146,7 @@ def plot_all(rows: list[Row], out: Path, preferred_fec: str | None = None) -> Fi
 def _lost_note(rows: list[Row], fec: str, depth: int) -> str:
     """A second title line: the share of tokens inpainted at the highest loss swept."""
     at = [r for r in rows if (r["fec"], r["depth"]) == (fec, depth)
-          and r["inpainter"] not in JPEG_METHODS]
+          and not classical(r["inpainter"])]
     if not at:
         return ""
     top = max(at, key=lambda r: (r["loss"], r["loss_model"]))

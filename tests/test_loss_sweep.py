@@ -1,5 +1,6 @@
 """The channel-simulator sweep, simulations/loss_sweep.py: its oracle, tiny real runs with
-every inpainter subset, stopping and resuming, and its command line."""
+every inpainter subset, the classical baselines (JPEG, AVIF and WebP files with FEC),
+stopping and resuming, and its command line."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import pytest
 from PIL import Image
 
 from resilient_tx.app.demo import sample_path
+from resilient_tx.errors import InputError
 from resilient_tx.images import load_rgb
 from resilient_tx.resilience import fec
 from simulations import sweep_io
+from simulations.sweep_io import Trial
+from simulations.sweep_plots import CLASSICAL_METHODS
 from tests.helpers import load_simulation
 
 OUTPUTS = ("runs.jsonl", "loss_sweep.json", "loss_sweep.csv", "loss_sweep.png",
@@ -70,20 +74,21 @@ def test_a_tiny_sweep_writes_every_output(sweep, crop_dir: Path, tmp_path: Path,
     data = json.loads((out / "loss_sweep.json").read_text())
     rows = {(r["fec"], r["inpainter"]): r for r in data["summary"]}
     ours = {(f, i) for f in ("for_loss", "none") for i in ("mim", "none")}
-    assert ours <= set(rows) and {key[1] for key in set(rows) - ours} <= {
-        "jpeg", "jpeg+fec", "jpeg+fec*"}
-    # One image: the tuned JPEG+FEC row is its best parity fraction's mean.
-    per_fraction: dict[str, list[float]] = {}
-    for t in data["trials"]:
-        if t["fec"] == "for_loss" and t["inpainter"].startswith("jpeg+fec*@"):
-            per_fraction.setdefault(t["inpainter"], []).append(t["psnr"])
-    assert len(per_fraction) >= 2
-    best = max(sum(v) / len(v) for v in per_fraction.values())
-    assert rows["for_loss", "jpeg+fec*"]["psnr"] == pytest.approx(best)
+    assert ours <= set(rows) and {key[1] for key in set(rows) - ours} <= set(CLASSICAL_METHODS)
+    # One image: each tuned row is its best parity fraction's mean.
+    for tuned in ("jpeg+fec*", "avif+fec*", "webp+fec*"):
+        per_fraction: dict[str, list[float]] = {}
+        for t in data["trials"]:
+            if t["fec"] == "for_loss" and t["inpainter"].startswith(tuned + "@"):
+                per_fraction.setdefault(t["inpainter"], []).append(t["psnr"])
+        assert len(per_fraction) >= 2, tuned
+        best = max(sum(v) / len(v) for v in per_fraction.values())
+        assert rows["for_loss", tuned]["psnr"] == pytest.approx(best)
+    assert {("for_loss", "avif+fec"), ("for_loss", "webp+fec")} <= set(rows)
     # Parity costs bytes and buys tokens.
     assert rows["for_loss", "mim"]["wire_bpp"] > rows["none", "mim"]["wire_bpp"]
     assert rows["for_loss", "mim"]["tokens_inpainted"] <= rows["none", "mim"]["tokens_inpainted"]
-    assert len([t for t in data["trials"] if "jpeg" not in t["inpainter"]]) == 2 * 2 * 2
+    assert len([t for t in data["trials"] if t["inpainter"] in ("mim", "none")]) == 2 * 2 * 2
     assert sweep.main(["--replot", str(out)]) == 0
 
 
@@ -109,9 +114,8 @@ def test_any_inpainter_subset_runs_to_the_end(sweep, crop_dir: Path, tmp_path: P
     for name in OUTPUTS:
         assert (out / name).stat().st_size > 0, name
     methods = {r["inpainter"] for r in _summary(out)["summary"]}
-    jpeg = {"jpeg", "jpeg+fec", "jpeg+fec*"}
-    assert methods - jpeg == set(inpainters)
-    assert bool(methods & jpeg) is not no_jpeg
+    assert methods - set(CLASSICAL_METHODS) == set(inpainters)
+    assert (methods & set(CLASSICAL_METHODS)) == (set() if no_jpeg else set(CLASSICAL_METHODS))
     assert {p.name for p in (out / "examples").iterdir()} == {
         "original.png", *(f"loss0.400_{n}.png" for n in inpainters)}
     assert sweep.main(["--replot", str(out)]) == 0
@@ -177,7 +181,7 @@ def test_journal_drops_a_cut_line(tmp_path: Path) -> None:
 
 def test_quick_settings_and_explicit_flags(sweep) -> None:
     args = sweep.parse_args(["--quick"])
-    assert args.inpainters == ["mim"] and args.no_jpeg and args.trials == 1
+    assert args.inpainters == ["mim"] and args.baselines == [] and args.trials == 1
     assert len(args.rates) == 2 and args.limit == 1
     assert Path(args.images) == Path(sample_path()).parent
     assert sweep.parse_args(["--quick", "--rates", "0.3"]).rates == [0.3]
@@ -197,3 +201,83 @@ def test_help_is_plain_text(sweep, capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     assert "``" not in text and ":func:" not in text and ":mod:" not in text
     assert "--quick" in text and "--resume" in text
+
+
+def test_baseline_flags(sweep) -> None:
+    assert sweep.parse_args([]).baselines == ["jpeg", "avif", "webp"]
+    assert sweep.parse_args(["--baselines", "webp", "avif", "webp"]).baselines == ["avif", "webp"]
+    assert sweep.parse_args(["--no-baselines"]).baselines == []
+    assert sweep.parse_args(["--no-jpeg"]).baselines == []  # the old name
+    assert sweep.parse_args(["--quick", "--baselines", "webp"]).baselines == ["webp"]
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--baselines", "heif"])
+
+
+def test_file_baselines_alone_and_without_avif(sweep, crop_dir: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sweep.classical, "avif_available", lambda: False)
+    out = tmp_path / "out"
+    assert sweep.main(tiny(crop_dir, out, "--inpainters", "none", "--baselines", "avif",
+                           "webp", "--trials", "2")) == 0
+    assert capsys.readouterr().err.count("no AVIF support") == 1
+    data = _summary(out)
+    rows = {r["inpainter"]: r for r in data["summary"]}
+    assert set(rows) == {"none", "webp+fec", "webp+fec*"}
+    ours = rows["none"]["wire_bpp"]
+    for method in ("webp+fec", "webp+fec*"):  # never more bytes than ours
+        assert 0 < rows[method]["wire_bpp"] <= ours and rows[method]["n"] == 2
+        assert 0 < rows[method]["received_fraction"] <= 1
+    assert sweep_io.read_journal(out / sweep_io.JOURNAL).args["baselines"] == ["webp"]
+    # All or nothing: a lost file shows the flat grey fallback, one PSNR for all of them.
+    files = [t for t in data["trials"] if t["inpainter"].startswith("webp")]
+    lost = {round(t["psnr"], 9) for t in files if t["unusable_fraction"] == 1.0}
+    whole = [t["psnr"] for t in files if t["unusable_fraction"] == 0.0]
+    assert len(lost) <= 1 and whole and min(whole) > max(lost, default=0.0)
+
+
+def _trial(inpainter: str, psnr: float, trial: int, image: str = "a") -> Trial:
+    return Trial(image=image, loss_model="bernoulli", loss=0.3, trial=trial, fec="light",
+                 depth=2, inpainter=inpainter, wire_bpp=0.2, received_fraction=1.0,
+                 tokens_inpainted=0.0, unusable_fraction=0.0, psnr=psnr, ms_ssim=0.9,
+                 inpaint_s=0.0)
+
+
+def test_hindsight_keeps_the_best_fraction_per_image_and_method(sweep) -> None:
+    trials = [_trial("avif+fec*@0.5", 30.0, 0), _trial("avif+fec*@0.5", 10.0, 1),
+              _trial("avif+fec*@1", 25.0, 0), _trial("avif+fec*@1", 25.0, 1),
+              _trial("webp+fec*@0.5", 28.0, 0), _trial("webp+fec*@1", 27.0, 0),
+              _trial("avif+fec*@0.5", 31.0, 0, image="b"), _trial("mim", 29.0, 0)]
+    best = {(t.image, t.inpainter, t.trial): t.psnr for t in sweep.hindsight(trials)}
+    assert best == {("a", "avif+fec*", 0): 25.0, ("a", "avif+fec*", 1): 25.0,
+                    ("a", "webp+fec*", 0): 28.0, ("b", "avif+fec*", 0): 31.0}
+    rows = {r["inpainter"]: r for r in sweep.summarise(trials)}
+    assert set(rows) == {"mim", "avif+fec*", "webp+fec*"}
+    assert rows["avif+fec*"]["psnr"] == pytest.approx((25.0 + 25.0 + 31.0) / 3)
+
+
+def test_a_version_1_journal_reads_as_version_2(tmp_path: Path) -> None:
+    path = tmp_path / sweep_io.JOURNAL
+    for no_jpeg, baselines in ((False, ["jpeg"]), (True, [])):
+        path.write_text(json.dumps({"kind": "header", "version": 1,
+                                    "args": {"rate": "low", "no_jpeg": no_jpeg}}) + "\n")
+        args = sweep_io.read_journal(path).args
+        assert args["baselines"] == baselines and args["rate"] == "low"
+    path.write_text(json.dumps({"kind": "header", "version": 99, "args": {}}) + "\n")
+    with pytest.raises(InputError, match="version 99"):
+        sweep_io.read_journal(path)
+
+
+def test_a_version_1_sweep_resumes(sweep, crop_dir: Path, tmp_path: Path) -> None:
+    """A sweep journaled before --baselines existed continues with JPEG its only baseline."""
+    out = tmp_path / "out"
+    argv = [*tiny(crop_dir, out), "--inpainters", "none", "--rates", "0.2", "0.4"]
+    assert sweep.main([*argv, "--baselines", "jpeg"]) == 0
+    journal = out / sweep_io.JOURNAL
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    args = {k: v for k, v in lines[0]["args"].items() if k not in ("baselines", "no_baselines")}
+    lines[0] = {"kind": "header", "version": 1, "args": args}
+    journal.write_text("".join(json.dumps(rec) + "\n" for rec in lines[:2]))  # one run done
+    assert sweep.main(["--resume", "--out", str(out), "--threads", "1"]) == 0
+    methods = {r["inpainter"] for r in _summary(out)["summary"]}
+    assert methods == {"none", "jpeg", "jpeg+fec", "jpeg+fec*"}
