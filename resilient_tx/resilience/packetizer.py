@@ -36,6 +36,7 @@ from resilient_tx.resilience.packet import (
 )
 
 PACKET_DIVISORS = (1, 2, 3, 4)  # packet sizes a loss-rate profile tries: max_packet / d
+FIRST_STAGE_DIVISORS = (6, 8, 12)  # and smaller ones for stage 1 alone (see Packetizer._cuts)
 MIN_PLANNED_CHUNK = 64  # smaller chunks would spend more on headers than they save
 
 
@@ -262,9 +263,10 @@ class Packetizer:
 
         per_packet = self.header_size + fec.PREFIX_SIZE + self.extra_bytes
         caps = self._capacities()
+        firsts = caps + self._capacities(FIRST_STAGE_DIVISORS) if len(caps) > 1 else caps
         out = []
         for capacity in caps:
-            for first in [c for c in caps if c <= capacity]:
+            for first in sorted({c for c in firsts if c <= capacity}, reverse=True):
                 cuts = tuple(cut(s, first if s == 0 else capacity) for s in range(len(coded)))
                 shapes = tuple(uep.StageShape(len(chunks),
                                               per_packet + max(len(c) for c in chunks),
@@ -273,14 +275,16 @@ class Packetizer:
                 out.append(_Cut(cuts, shapes))
         return out
 
-    def _capacities(self) -> list[int]:
+    def _capacities(self, divisors: tuple[int, ...] = PACKET_DIVISORS) -> list[int]:
         """Chunk capacities to try: the configured one, and for a loss-rate profile also
         1/2, 1/3 and 1/4 of the packet size (more, smaller chunks per stage let RS average
-        over more packets, at the price of more headers)."""
+        over more packets, at the price of more headers); or those of ``divisors``."""
         if not self.profile.plans_per_image:
             return [self.capacity]
-        out = [self.capacity]
-        for d in PACKET_DIVISORS[1:]:
+        out = [self.capacity] if divisors == PACKET_DIVISORS else []
+        for d in divisors:
+            if d == 1:
+                continue
             cap = _chunk_capacity(max(self.max_packet // d, self.header_size + 1),
                                   self.header_size)
             if cap >= MIN_PLANNED_CHUNK and cap not in out:
