@@ -68,7 +68,8 @@ from simulations.sweep_plots import (  # noqa: E402
 
 
 def _profile(name: str, loss: float) -> fec.FecProfile:
-    return fec.for_loss(loss) if name == FOR_LOSS else fec.get_profile(name)
+    """``for_loss`` plans for each point's loss rate; any other spec is fixed."""
+    return fec.for_loss(loss) if name == FOR_LOSS else fec.parse_spec(name)
 
 
 def _receive(codec: Codec, raw: list[bytes]) -> reassembly.ExactTokens | None:

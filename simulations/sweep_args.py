@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", default=DEFAULT_RATE,
                    help="codec rate point (default: %(default)s, the one send uses)")
     p.add_argument("--fec", nargs="+", default=["none", "light", "strong", FOR_LOSS],
-                   help="FEC profiles (default: none light strong for_loss)")
+                   help="FEC profiles (default: none light strong for_loss): for_loss plans "
+                   "for each point's loss rate; any --fec spec of send (e.g. "
+                   "for_loss:0.3,burst:4) is used as given")
     p.add_argument("--context-depth", type=int, nargs="+", default=[0, 2],
                    help="context depths (0 = full chain, c = later stages see stages 1..c "
                    "only); default: 0 2")
