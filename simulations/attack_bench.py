@@ -55,7 +55,13 @@ from resilient_tx.resilience.auth import PacketKey
 from resilient_tx.resilience.collector import Collector, DueImage
 from resilient_tx.resilience.endpoint import Receiver as Decoder
 from resilient_tx.resilience.endpoint import Sender
-from resilient_tx.resilience.packet import HEADER_SIZE, MAGIC, TRAILER_SIZE, Packet
+from resilient_tx.resilience.packet import (  # noqa: E402
+    HEADER_SIZE,
+    HEADER_SIZE_V1,
+    MAGIC,
+    TRAILER_SIZE,
+    Packet,
+)
 from resilient_tx.zoo.registry import get_model
 
 CROP = (64, 96)  # a small image keeps each decode short on 2 cores
@@ -230,7 +236,7 @@ def run_mode(keyed: bool, args: argparse.Namespace, workdir: Path) -> dict[str, 
 # (offset, size) of every header field after the magic: version, flags, image id, model
 # id, width, height, rate point, stage, chunk index, k, n, payload length.
 FIELDS = [(4, 1), (5, 1), (6, 4), (10, 8), (18, 2), (20, 2), (22, 1), (23, 1), (24, 2),
-          (26, 2), (28, 2), (30, 2)]
+          (26, 2), (28, 2), (30, 2), (32, 2), (34, 2)]  # the last two: seq, total (version 2)
 SIZE_FIELDS = (18, 20)  # width and height
 MAX_FUZZ_SIDE = 512  # decoding a huge picture is the caps' business, not the fuzzer's
 LEGIT_ADDR, STRANGER_ADDR = "legit", "stranger"  # the two sender addresses of the fuzz
@@ -239,12 +245,18 @@ LEGIT_ADDR, STRANGER_ADDR = "legit", "stranger"  # the two sender addresses of t
 def fix_crc(data: bytes) -> bytes:
     """``data`` with the CRC a sender would have written (what a deliberate attacker does;
     a corrupted packet keeps its stale CRC)."""
-    if len(data) < HEADER_SIZE:
+    head = _header_size(data)
+    if len(data) < head:
         return data
     (length,) = struct.unpack_from("<H", data, 30)
-    payload = data[HEADER_SIZE: HEADER_SIZE + length]
-    crc = zlib.crc32(payload, zlib.crc32(data[:32])) & 0xFFFFFFFF
-    return data[:32] + struct.pack("<I", crc) + data[36:]
+    payload = data[head: head + length]
+    crc = zlib.crc32(payload, zlib.crc32(data[:head - 4])) & 0xFFFFFFFF
+    return data[:head - 4] + struct.pack("<I", crc) + data[head:]
+
+
+def _header_size(data: bytes) -> int:
+    """The header size the datagram's version byte announces (40 unless it says 1)."""
+    return HEADER_SIZE_V1 if len(data) > 4 and data[4] == 1 else HEADER_SIZE
 
 
 def _set_field(rng: random.Random, data: bytes) -> bytes:
@@ -278,7 +290,7 @@ def _payload_byte(rng: random.Random, data: bytes) -> bytes:
     (length,) = struct.unpack_from("<H", data, 30)
     if not length:
         return _set_field(rng, data)
-    i = HEADER_SIZE + rng.randrange(length)
+    i = _header_size(data) + rng.randrange(length)
     return fix_crc(data[:i] + bytes([data[i] ^ rng.randint(1, 255)]) + data[i + 1:])
 
 
@@ -288,12 +300,16 @@ def _random_header(rng: random.Random, model_id: bytes) -> bytes:
     k = rng.randint(1, 64) if rng.random() < 0.8 else rng.randint(1, 0xFFFF)
     n = min(0xFFFF, k + rng.randint(0, 16))
     payload = rng.randbytes(rng.randint(0, 1100))
-    fields = struct.pack("<4sBBI8sHHBBHHHH", MAGIC, 1, rng.randrange(8) | (8 if keyed else 0),
-                         rng.getrandbits(32),
+    version = rng.choice((1, 2))
+    fields = struct.pack("<4sBBI8sHHBBHHHH", MAGIC, version,
+                         rng.randrange(8) | (8 if keyed else 0), rng.getrandbits(32),
                          model_id if rng.random() < 0.7 else rng.randbytes(8),
                          rng.randint(1, MAX_FUZZ_SIDE), rng.randint(1, MAX_FUZZ_SIDE),
-                         rng.randrange(256), rng.randint(1, 8), rng.randrange(n), k, n,
-                         len(payload))
+                         rng.randrange(256), rng.randint(0 if version == 2 else 1, 8),
+                         rng.randrange(n), k, n, len(payload))
+    if version == 2:
+        total = rng.randint(1, 0xFFFF)
+        fields += struct.pack("<HH", rng.randrange(total), total)
     tail = rng.randbytes(TRAILER_SIZE) if keyed else b""
     return fix_crc(fields + bytes(4) + payload) + tail
 

@@ -58,16 +58,18 @@ def test_deadline_releases_a_partial_image(sent) -> None:
 def test_garbage_is_counted_and_senders_are_kept_apart(sent) -> None:
     col = Collector(five_stages)
     assert col.feed(b"not a packet", "x", 0.0) is None and col.rejected == 1
-    raw = bytes(sent.packets[0])
-    col.feed(raw, "a", 0.0)
-    col.feed(raw, "b", 0.0)
-    assert len(col.flush()) == 2
+    first = sent.packets[0]
+    col.feed(bytes(first), "a", 0.0)
+    # Another address reusing the image id (with other bytes: an exact copy would be
+    # dropped as one) gets an image of its own.
+    col.feed(bytes(dataclasses.replace(first, payload=first.payload + b"x")), "b", 0.0)
+    assert sorted(d.key[0] for d in col.flush()) == ["a", "b"]
 
 
 def test_open_images_are_bounded(sent) -> None:
     col = Collector(five_stages, max_open=2, deadline=10.0)
     for i, sender in enumerate("abc"):
-        col.feed(bytes(sent.packets[0]), sender, float(i))
+        col.feed(bytes(dataclasses.replace(sent.packets[0], image_id=i)), sender, float(i))
     evicted = col.expired(2.0)
     assert [d.key[0] for d in evicted] == ["a"]
 
@@ -257,3 +259,18 @@ def test_late_packets_of_a_released_image_still_reach_the_hub(sent) -> None:
             col.feed(bytes(p), "peer", 0.2)
     (stats,) = Report.parse(hub.due_reports(0.5)[0][1]).images
     assert stats.received == len(sent.packets) and stats.lost == 0
+
+
+def test_a_stream_replayed_from_other_addresses_is_dropped_as_copies(sent) -> None:
+    col = Collector(five_stages, deadline=0.5)
+    raw = [bytes(p) for p in sent.packets]
+    done = [d for d in (col.feed(b, "legit:1", 0.0) for b in raw) if d is not None]
+    assert len(done) == 1
+    for port in range(2, 50):  # the captured stream, from 48 other source ports
+        assert all(col.feed(b, f"attacker:{port}", 0.1) is None for b in raw)
+    assert col.drops.counts["copy_from_elsewhere"] == 48 * len(raw)
+    assert col.expired(10.0) == []  # no image was opened for any copy
+    assert any("replayed capture" in n for n in col.drops.notices)
+    # The legitimate sender's own duplicates are no copies from elsewhere.
+    col.feed(raw[0], "legit:1", 0.2)
+    assert col.drops.counts["copy_from_elsewhere"] == 48 * len(raw)

@@ -10,7 +10,11 @@ receiver to report. Like aiortc's jitter buffer this is a pure state machine: th
 passes the clock in, and nothing here touches a socket.
 
 Admission comes before any allocation: with a :class:`~.auth.Verifier` an unsigned,
-forged or replayed datagram is dropped after one HMAC; a header the model cannot have
+forged or replayed datagram is dropped after one HMAC; without one, a datagram that
+already came byte for byte from another address is dropped as a copy (a captured stream
+replayed from many source ports would otherwise make the receiver decode the same image
+once per port -- a legitimate sender never sends the same bytes from two addresses, its
+image ids being random); a header the model cannot have
 produced (more chunks than its stage has tokens, more shards than a Reed-Solomon
 codeword holds, a stage past the last) is dropped before an assembler exists; and caps
 on pixels, images in flight (per sender and in all) and bytes buffered (per image and in
@@ -21,6 +25,8 @@ so one flooding sender cannot push out the others. Every drop is counted by reas
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
@@ -42,7 +48,10 @@ NOTICES = {
                       "receiver has no key (give it the same --key-file)",
     "bad_tag": "dropping packets whose tag does not verify: forged, or signed with "
                "another key",
+    "copy_from_elsewhere": "dropping packets that already came from another address: a "
+                           "replayed capture? (--key-file stops replays for good)",
 }
+MAX_DIGESTS = 1 << 16  # datagrams remembered for the copy check (about 6 MB)
 
 
 @dataclass
@@ -121,6 +130,7 @@ class Collector:
     _done: dict[Key, float] = field(default_factory=dict)
     _evicted: list[DueImage] = field(default_factory=list)
     _tokens: dict[tuple[bytes, int, int], tuple[int, ...] | None] = field(default_factory=dict)
+    _origin: OrderedDict[bytes, Hashable] = field(default_factory=OrderedDict)
     buffered: int = 0  # bytes held by open images
 
     @classmethod
@@ -140,6 +150,9 @@ class Collector:
         """Take one datagram; returns the image if this packet completed it."""
         p = self._admit(datagram)
         if p is None:
+            return None
+        if self.verifier is None and not self._first_from(sender, datagram):
+            self._drop("copy_from_elsewhere")
             return None
         key = (sender, p.image_id, p.model_id)
         if key in self._done:
@@ -217,6 +230,19 @@ class Collector:
             self._drop("impossible_header")
             return None
         return p
+
+    def _first_from(self, sender: Hashable, datagram: bytes) -> bool:
+        """False if these exact bytes came first from another address (module docstring);
+        remembers the last :data:`MAX_DIGESTS` datagrams, each with its first sender."""
+        digest = hashlib.blake2b(datagram, digest_size=12).digest()
+        origin = self._origin.get(digest)
+        if origin is None:
+            self._origin[digest] = sender
+            if len(self._origin) > MAX_DIGESTS:
+                self._origin.popitem(last=False)
+            return True
+        self._origin.move_to_end(digest)
+        return origin == sender
 
     def _possible(self, p: Packet) -> bool:
         """Whether the model could have made this header (checked before any allocation,
