@@ -238,13 +238,31 @@ def test_the_feedback_hub_hears_every_admitted_packet_and_each_release(sent) -> 
         if p.seq not in lost:
             col.feed(bytes(p), "peer", 0.0)
     col.feed(b"garbage", "peer", 0.0)  # dropped before the hub hears of it
-    col.expired(10.0)
-    reports = hub.due_reports(10.0)
+    reports = hub.due_reports(1.0)
     assert [peer for peer, _ in reports] == ["peer"]
     (stats,) = Report.parse(reports[0][1]).images
-    assert stats.image_id == sent.image_id and stats.final
+    assert stats.image_id == sent.image_id
     assert (stats.total, stats.expected) == (len(sent.packets), len(sent.packets))
     assert stats.lost == len(lost) and stats.loss_runs == 1
+    # Complete (FEC filled the hole) and released, but final only once the sender moves on.
+    assert not stats.final
+    nxt = dataclasses.replace(sent.packets[0], image_id=sent.image_id + 1)
+    col.feed(bytes(nxt), "peer", 1.0)
+    older = [s for s in Report.parse(hub.due_reports(2.0)[0][1]).images
+             if s.image_id == sent.image_id]
+    assert older[0].final
+
+
+def test_an_image_released_by_its_deadline_is_final_at_once(sent) -> None:
+    hub = FeedbackHub(interval=0.1)
+    col = Collector(five_stages, deadline=0.5, feedback=hub)
+    for p in sent.packets[:3]:
+        col.feed(bytes(p), "peer", 0.0)
+    hub.due_reports(0.2)
+    (due,) = col.expired(1.0)
+    assert not due.complete
+    (stats,) = Report.parse(hub.due_reports(1.0)[0][1]).images
+    assert stats.final and stats.total == len(sent.packets) and stats.expected == 3
 
 
 def test_late_packets_of_a_released_image_still_reach_the_hub(sent) -> None:

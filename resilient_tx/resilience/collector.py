@@ -306,7 +306,9 @@ class Collector:
 
     def _release(self, key: Key, complete: bool, now: float | None = None) -> DueImage:
         entry = self._open.pop(key)
-        if self.feedback is not None:
+        if self.feedback is not None and not complete:
+            # A complete image goes out while its last packets may still be on the way:
+            # it is final for the feedback only once its sender moves on (feedback.py).
             self.feedback.release(str(key[0]), key[1],
                                   entry.last_seen if now is None else now)
         self.buffered -= entry.asm.bytes_received

@@ -24,7 +24,8 @@ Wire format (all integers little-endian; :data:`HEADER_SIZE` = 17, :data:`ENTRY_
                     8   2  received u16 (distinct seqs < expected that arrived)
                     10  2  loss runs u16 (maximal runs of missing seqs in 0..expected-1)
                     12  1  stages complete u8
-                    13  1  flags: bit 0 = final (released to the decoder); others 0
+                    13  1  flags: bit 0 = final (none of its packets are expected any more: the
+                          image was released incomplete, or its sender moved on); others 0
     ...     4     CRC32 of everything before it
     ...     16    keyed reports only: HMAC-SHA256(feedback key, everything before)[:16]
 
@@ -63,7 +64,7 @@ from resilient_tx.resilience.auth import PacketKey
 MAGIC = b"RTXF"
 VERSION = 1
 KEYED_FLAG = 0x01  # flags bit 0: a tag follows the CRC
-FINAL_FLAG = 0x01  # image entry flags bit 0: the receiver released the image
+FINAL_FLAG = 0x01  # image entry flags bit 0: no more packets of the image expected
 MAX_IMAGES = 16
 TAG_SIZE = 16
 _HEADER = struct.Struct("<4sBBIHIB")
@@ -395,7 +396,9 @@ class LossMonitor:
             self._changed = True
 
     def release(self, image_id: int, now: float) -> None:
-        """The image went to the decoder: it is final, and a report is due now."""
+        """The image went to the decoder incomplete (its deadline passed): it is final,
+        and a report is due now. (An image also becomes final when a packet of a newer
+        one from the same sender arrives.)"""
         image = self._images.get(image_id)
         if image is None:
             return
@@ -445,6 +448,10 @@ class LossMonitor:
         if (not isinstance(image_id, int) or not 0 <= image_id <= MAX_U32
                 or image_id in self._forgotten):
             return None
+        # The sender moved on to a new image: what it has not delivered of the earlier
+        # ones by now was lost (their ends, after the last packet that came, included).
+        for earlier in self._images.values():
+            earlier.final = True
         image = self._images[image_id] = _Image()
         while len(self._images) > self.max_images:
             gone, _ = self._images.popitem(last=False)
