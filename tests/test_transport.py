@@ -629,3 +629,20 @@ def test_webrtc_feedback_round_trip() -> None:
             assert (receiver.replies_sent, receiver.replies_failed) == (1, 2)
 
     run(main())
+
+
+def test_recv_nowait_takes_what_is_waiting_and_never_blocks() -> None:
+    async def main() -> None:
+        rx = MemoryReceiver()
+        async with rx:
+            assert rx.recv_nowait() is None
+            rx.deliver(b"one", "p")
+            rx.deliver(b"two", "p")
+            assert rx.recv_nowait() == (b"one", "p")
+            assert await rx.recv() == (b"two", "p")
+            assert rx.recv_nowait() is None
+        assert rx.recv_nowait() is None  # closed: the end marker stays for recv
+        with pytest.raises(TransportError):
+            await rx.recv()
+
+    asyncio.run(main())

@@ -35,6 +35,7 @@ from resilient_tx.resilience.reassembly import ReceiveReport
 from resilient_tx.transport import PacketReceiver
 
 SkipHandler = Callable[[DueImage, ResilientTxError], None]
+YIELD_EVERY = 64  # packets taken in a row before the receive loop lets other tasks run
 NoticeHandler = Callable[[str], None]
 
 
@@ -87,12 +88,19 @@ async def due_images(rx: PacketReceiver, collector: Collector,
     :class:`~resilient_tx.resilience.feedback.FeedbackHub` on the collector, its reports
     go back to each sender over ``rx`` (signed with ``key`` if given) when due. Ends
     with :class:`~resilient_tx.errors.TransportError` when ``rx`` closes."""
+    taken = 0
     while True:
-        timeout = _next_wake(collector)
-        try:
-            data, peer = await asyncio.wait_for(rx.recv(), timeout)
-        except asyncio.TimeoutError:
-            data = None
+        # Packets already waiting are taken without an await each (a flood must cost as
+        # little per datagram as possible), yielding to the other tasks now and then.
+        item = rx.recv_nowait()
+        if item is None:
+            try:
+                item = await asyncio.wait_for(rx.recv(), _next_wake(collector))
+            except asyncio.TimeoutError:
+                item = None
+        elif (taken := taken + 1) % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        data, peer = (None, "") if item is None else item
         if data is not None:
             due = collector.feed(data, peer, time.monotonic())
             if collector.drops.notices:  # said now: a misconfigured peer may never

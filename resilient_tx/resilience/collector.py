@@ -148,12 +148,19 @@ class Collector:
 
     def feed(self, datagram: bytes, sender: Hashable, now: float) -> DueImage | None:
         """Take one datagram; returns the image if this packet completed it."""
+        digest = None
+        if self.verifier is None:
+            # Checked first: a replayed copy costs one hash, not a parse.
+            digest = hashlib.blake2b(datagram, digest_size=12).digest()
+            origin = self._origin.get(digest)
+            if origin is not None and origin != sender:
+                self._drop("copy_from_elsewhere")
+                return None
         p = self._admit(datagram)
         if p is None:
             return None
-        if self.verifier is None and not self._first_from(sender, datagram):
-            self._drop("copy_from_elsewhere")
-            return None
+        if digest is not None:
+            self._remember(digest, sender)
         key = (sender, p.image_id, p.model_id)
         if key in self._done:
             self._observe(sender, p, now)  # late packets still tell how lossy the path is
@@ -231,18 +238,15 @@ class Collector:
             return None
         return p
 
-    def _first_from(self, sender: Hashable, datagram: bytes) -> bool:
-        """False if these exact bytes came first from another address (module docstring);
-        remembers the last :data:`MAX_DIGESTS` datagrams, each with its first sender."""
-        digest = hashlib.blake2b(datagram, digest_size=12).digest()
-        origin = self._origin.get(digest)
-        if origin is None:
-            self._origin[digest] = sender
-            if len(self._origin) > MAX_DIGESTS:
-                self._origin.popitem(last=False)
-            return True
-        self._origin.move_to_end(digest)
-        return origin == sender
+    def _remember(self, digest: bytes, sender: Hashable) -> None:
+        """Note the first sender of an admitted datagram (module docstring); the last
+        :data:`MAX_DIGESTS` are remembered."""
+        if digest in self._origin:
+            self._origin.move_to_end(digest)
+            return
+        self._origin[digest] = sender
+        if len(self._origin) > MAX_DIGESTS:
+            self._origin.popitem(last=False)
 
     def _possible(self, p: Packet) -> bool:
         """Whether the model could have made this header (checked before any allocation,

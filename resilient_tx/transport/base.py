@@ -467,6 +467,11 @@ class PacketReceiver(Endpoint):
             raise TransportError(f"{type(self).__name__} is closed")
         return item
 
+    def recv_nowait(self) -> tuple[bytes, str] | None:
+        """A datagram that is already waiting, or None; never blocks, never raises. Lets a
+        busy reader take packets without an await each (the default has none waiting)."""
+        return None
+
     def __aiter__(self) -> PacketReceiver:
         return self
 
@@ -521,6 +526,14 @@ class QueuedReceiver(PacketReceiver):
             await super().close()
         finally:
             self._queue.put_nowait(None)
+
+    def recv_nowait(self) -> tuple[bytes, str] | None:
+        if self._queue.empty():
+            return None
+        item = self._queue.get_nowait()
+        if item is None:
+            self._queue.put_nowait(None)  # the end marker stays for recv to report
+        return item
 
     async def _get(self) -> tuple[bytes, str] | None:
         if self._closed and self._queue.empty():
