@@ -196,7 +196,8 @@ class Collector:
 
     def expired(self, now: float) -> list[DueImage]:
         """Images whose last packet is older than the deadline (and any evicted early)."""
-        late = [k for k, e in self._open.items() if now - e.last_seen >= self.deadline]
+        # The same sum as next_deadline, so expired(next_deadline()) always releases.
+        late = [k for k, e in self._open.items() if now >= e.last_seen + self.deadline]
         out, self._evicted = self._evicted, []
         return out + [self._release(k, complete=False, now=now) for k in late]
 

@@ -410,7 +410,8 @@ class LossMonitor:
         """Whether a report should go out now (see the class docstring)."""
         if self._released:
             return True
-        return self._changed and self._since is not None and now - self._since >= self.interval
+        return (self._changed and self._since is not None
+                and now >= self._since + self.interval)  # the sum next_due returns
 
     def next_due(self) -> float | None:
         """When :meth:`due` turns true (on the caller's clock; past if it already is), or
