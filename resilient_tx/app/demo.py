@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from resilient_tx.app.options import progress_bar
 from resilient_tx.codec.container import EncodedImage
 from resilient_tx.codec.image_codec import Codec
 from resilient_tx.eval.metrics import ms_ssim, psnr
@@ -74,21 +77,26 @@ def run_demo(args: argparse.Namespace) -> list[DemoRow]:
     print(f"{src.name}: {w}x{h}, device {device}")
     print(f"{'rate':<10}{'bytes':>8}{'bpp':>8}{'PSNR dB':>9}{'MS-SSIM':>9}{'enc s':>7}{'dec s':>7}"
           "  tokens")
-    for name in args.rate or available_rates():
-        codec = Codec(get_model(name), device)
-        row, recon = _round_trip(codec, image)
-        save_rgb(recon, out / f"{name}.png")
-        rows.append(row)
-        print(f"{row.rate:<10}{row.num_bytes:>8}{row.bpp:>8.4f}{row.psnr:>9.2f}{row.ms_ssim:>9.4f}"
-              f"{row.encode_s:>7.2f}{row.decode_s:>7.2f}  "
-              f"{'exact' if row.tokens_exact else 'MISMATCH'}")
-    print(f"reconstructions written to {out}/")
-    _transmission(args, fec, image, device, out)
+    rates = args.rate or available_rates()
+    # A bar on stderr over the rate points and the two transmissions (hidden with -q or
+    # when stderr is not a terminal); the table goes to stdout above it.
+    with progress_bar(args, len(rates) + 2, "demo") as bar:
+        for name in rates:
+            codec = Codec(get_model(name), device)
+            row, recon = _round_trip(codec, image)
+            save_rgb(recon, out / f"{name}.png")
+            rows.append(row)
+            bar.write(f"{row.rate:<10}{row.num_bytes:>8}{row.bpp:>8.4f}{row.psnr:>9.2f}"
+                      f"{row.ms_ssim:>9.4f}{row.encode_s:>7.2f}{row.decode_s:>7.2f}  "
+                      f"{'exact' if row.tokens_exact else 'MISMATCH'}", file=sys.stdout)
+            bar.update()
+        bar.write(f"reconstructions written to {out}/", file=sys.stdout)
+        _transmission(args, fec, image, device, out, bar.update)
     return rows
 
 
 def _transmission(args: argparse.Namespace, fec: str, image: np.ndarray, device,
-                  out: Path) -> None:
+                  out: Path, step: Callable[[], object] = lambda: None) -> None:
     """Loopback UDP with simulated loss: the whole system on one picture, twice -- with
     the parity planned for the loss, and with no parity, so that tokens are really lost
     and inpainted (shown on a map)."""
@@ -98,9 +106,11 @@ def _transmission(args: argparse.Namespace, fec: str, image: np.ndarray, device,
 
     receiver = Receiver("mim", device)
     receiver.warm_up()
-    runs = {name: run_loopback(image, Sender(SenderConfig(fec=f), device), receiver,
-                               args.loss, seed=args.seed)
-            for name, f in (("planned", fec), ("unprotected", "none"))}
+    runs = {}
+    for name, f in (("planned", fec), ("unprotected", "none")):
+        runs[name] = run_loopback(image, Sender(SenderConfig(fec=f), device), receiver,
+                                  args.loss, seed=args.seed)
+        step()
     reports = {name: _report(image, res, args.loss) for name, res in runs.items()}
     report = {**reports["planned"], "fec": fec, "unprotected": reports["unprotected"]}
     (out / "transmission_report.json").write_text(json.dumps(report, indent=1))
