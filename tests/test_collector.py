@@ -12,7 +12,7 @@ from resilient_tx.config import ModelConfig
 from resilient_tx.images import load_rgb
 from resilient_tx.resilience import fec
 from resilient_tx.resilience.collector import Collector
-from resilient_tx.resilience.feedback import FeedbackHub, Report
+from resilient_tx.resilience.feedback import FeedbackHub, ImageStats, Report
 from resilient_tx.resilience.packetizer import PacketizedImage, Packetizer
 from tests.helpers import make_codec
 
@@ -292,3 +292,17 @@ def test_a_stream_replayed_from_other_addresses_is_dropped_as_copies(sent) -> No
     # The legitimate sender's own duplicates are no copies from elsewhere.
     col.feed(raw[0], "legit:1", 0.2)
     assert col.drops.counts["copy_from_elsewhere"] == 48 * len(raw)
+
+
+def test_a_flood_of_feedback_shaped_datagrams_changes_nothing(sent) -> None:
+    hub = FeedbackHub(interval=0.1)
+    col = Collector(five_stages, deadline=0.5, feedback=hub)
+    reports = [Report(i, images=(ImageStats(sent.image_id, 40, 40, 1, 1, 0, True),)).encode()
+               for i in range(200)]
+    for i, data in enumerate(reports):
+        assert col.feed(data, f"stranger:{i}", 0.0) is None
+    assert col.drops.counts == {"malformed": len(reports)}
+    assert len(hub) == 0 and hub.due_reports(1.0) == [] and col.flush() == []
+    # A real image afterwards is collected as if nothing had happened.
+    done = [d for d in (col.feed(bytes(p), "legit", 1.0) for p in sent.packets) if d]
+    assert len(done) == 1 and done[0].complete
