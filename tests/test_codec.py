@@ -124,3 +124,66 @@ def test_grayscale_and_rgba_inputs_are_converted(tmp_path) -> None:
     g, a = load_rgb(tmp_path / "g.png"), load_rgb(tmp_path / "a.png")
     assert g.shape == (48, 80, 3) and (g[..., 0] == g[..., 1]).all()
     assert np.array_equal(a, rgb)  # fully opaque alpha composites to the same pixels
+
+
+# ----- large images: streamed conv stacks, banded XCiT and MIM ---------------------------
+@pytest.fixture
+def everything_large(monkeypatch) -> None:
+    """Every grid takes the large-image path, with bands of a few rows."""
+    from resilient_tx.model import banded
+
+    monkeypatch.setattr(banded, "BANDED_MIN_TOKENS", 0)
+    monkeypatch.setattr(banded, "BAND_TOKENS", 40)
+
+
+def test_large_image_path_gives_the_same_tokens_and_bytes(default_codec: Codec, sample,
+                                                          monkeypatch) -> None:
+    from resilient_tx.model import banded
+
+    crop = sample[:200, :250]  # 13 x 16 tokens, padded on both sides
+    small_tokens = default_codec.image_to_tokens(crop)
+    small_blob = bytes(default_codec.encode(crop))
+    small_image = default_codec.decode(EncodedImage.parse(small_blob))
+    monkeypatch.setattr(banded, "BANDED_MIN_TOKENS", 0)
+    monkeypatch.setattr(banded, "BAND_TOKENS", 40)
+    steps: list[int] = []
+    assert torch.equal(default_codec.image_to_tokens(crop), small_tokens)
+    blob = bytes(default_codec.encode(crop, progress=lambda: steps.append(1)))
+    # Same tokens and the same integer CDFs: the very same file.
+    assert blob == small_blob and len(steps) == default_codec.steps()
+    image = default_codec.decode(EncodedImage.parse(blob))
+    diff = np.abs(image.astype(int) - small_image.astype(int))
+    assert image.shape == crop.shape and diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_large_image_path_round_trips_any_size(tmp_path, everything_large) -> None:
+    codec = tiny_codec(tmp_path, 0)
+    rng = np.random.default_rng(5)
+    for hw in ((1, 1), (17, 40), (70, 33)):
+        img = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+        enc = EncodedImage.parse(bytes(codec.encode(img)))
+        tokens = codec.image_to_tokens(img)
+        assert torch.equal(codec.decode_tokens(enc.stages, *tokens.shape[1:]), tokens)
+        assert codec.decode(enc).shape == img.shape
+
+
+@pytest.mark.slow
+def test_a_photo_over_the_threshold_round_trips(default_codec: Codec, sample) -> None:
+    """The real threshold, no patching: 1.3 megapixels (80 x 64 tokens) of mirrored
+    sample, coded exactly, decoded as the whole-image path decodes the same tokens."""
+    from resilient_tx.model import banded
+
+    photo = np.concatenate([sample, sample[::-1]], 0)[:, :640]
+    photo = np.concatenate([photo, photo[:, ::-1]], 1)[:1024, :1280]
+    h, w = default_codec.grid(photo.shape[1], photo.shape[0])
+    assert banded.is_large(h, w)
+    enc = EncodedImage.parse(bytes(default_codec.encode(photo)))
+    tokens = default_codec.image_to_tokens(photo)
+    assert torch.equal(default_codec.decode_tokens(enc.stages, h, w), tokens)
+    image = default_codec.decode(enc)
+    whole = default_codec.net.reconstruct(tokens[None])  # the small-image decoder path
+    from resilient_tx.images import to_uint8
+
+    reference = to_uint8(whole[..., : photo.shape[0], : photo.shape[1]])
+    assert abs(psnr(photo, image) - psnr(photo, reference)) < 0.01
+    assert psnr(photo, image) > PSNR_FLOOR["low"] - 1.0

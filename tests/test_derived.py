@@ -88,6 +88,9 @@ def test_merged_mim_probabilities_are_summed_base_probabilities(tiny_config) -> 
     with torch.no_grad():  # the codec's cached path: trunk once, heads per stage
         feats = wrapper.features(tokens[:1], mask[:1])
         torch.testing.assert_close(wrapper.heads_at(feats, pos), at, rtol=0, atol=0)
+        # One stage's own pass: just its rows, the same features.
+        rows = wrapper.features_at(tokens[:1], mask[:1], pos)
+        torch.testing.assert_close(rows, feats[0, pos], rtol=0, atol=0)
 
 
 def test_merge_stays_finite_far_below_the_max(tiny_config) -> None:

@@ -223,6 +223,56 @@ def test_logits_to_cdf_identical_across_thread_counts() -> None:
     torch.testing.assert_close(cdf1, cdf2, rtol=0, atol=0)
 
 
+def _reference_logits_to_cdf(logits: torch.Tensor) -> torch.Tensor:
+    """The CDF construction as first written (straight-line, out of place): every file
+    and packet ever coded depends on these integers, so the in-place version must
+    reproduce them exactly."""
+    safe = torch.nan_to_num(logits, nan=0.0).clamp(-1e6, 1e6)
+    z = torch.round(safe * E.LOGIT_GRID).to(torch.int64)
+    z = (z.amax(-1, keepdim=True) - z).clamp_max(E.LOGIT_GRID * E.LOGIT_RANGE)
+    w = E._exp_table()[z]
+    n = w.shape[-1]
+    total = w.sum(-1, keepdim=True).clamp_min(1)
+    freq = 1 + (w * (TOTAL - n)) // total
+    freq = freq.scatter_add(-1, w.argmax(-1, keepdim=True), TOTAL - freq.sum(-1, keepdim=True))
+    zero = torch.zeros(*freq.shape[:-1], 1, dtype=torch.int64)
+    return torch.cat([zero, freq.cumsum(-1)], dim=-1)
+
+
+@FAST
+@given(
+    hnp.arrays(
+        np.float64,
+        hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=12),
+        elements=st.floats(allow_nan=True, allow_infinity=True, width=64),
+    )
+)
+def test_logits_to_cdf_equals_the_reference_construction(logits: np.ndarray) -> None:
+    before = logits.copy()
+    x = torch.from_numpy(logits)
+    want = _reference_logits_to_cdf(x)
+    assert torch.equal(E.logits_to_cdf(x), want)
+    assert torch.equal(E.logits_to_cdf(x, torch.int16), E.to_torchac(want))
+    assert np.array_equal(logits, before, equal_nan=True)  # the input is not modified
+
+
+@pytest.mark.parametrize("scale", [0.05, 3.0, 40.0])
+def test_logits_to_cdf_equals_the_reference_on_model_sized_rows(scale: float) -> None:
+    g = torch.Generator().manual_seed(int(scale * 100))
+    x = torch.randn(300, 4, 256, dtype=torch.float64, generator=g) * scale
+    assert torch.equal(E.logits_to_cdf(x), _reference_logits_to_cdf(x))
+
+
+def test_int16_cdfs_code_like_int64_ones() -> None:
+    cdf = random_cdf(500, 64, 3.0, seed=5)
+    sym = sample_symbols(cdf, 6, from_model=True)
+    small = E.to_torchac(cdf)
+    assert small.dtype == torch.int16 and E.to_torchac(small) is small
+    blob = E.encode(small, sym)
+    assert blob == E.encode(cdf, sym)
+    assert torch.equal(E.decode(small, blob), sym)
+
+
 def test_exp_table_is_exact() -> None:
     table = E._exp_table()
     assert table.dtype == torch.int64

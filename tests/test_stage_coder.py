@@ -142,3 +142,23 @@ def test_progress_is_reported_once_per_step(codec: Codec) -> None:
     enc = codec.encode(image, progress=lambda: calls.append("e"))
     codec.decode(enc, progress=lambda: calls.append("d"))
     assert calls == ["e"] * codec.steps() + ["d"] * codec.steps()
+
+
+def test_only_stages_after_a_nonzero_depth_keep_a_shared_trunk(codec: Codec) -> None:
+    chain, shallow = codec.stage_coder(8, 8, 0), codec.stage_coder(8, 8, 2)
+    assert not any(chain.shares_trunk(s) for s in range(1, 6))
+    assert [shallow.shares_trunk(s) for s in range(1, 6)] == [False, False, True, True, True]
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_cdfs_in_chunks_and_as_int16_are_the_same_integers(codec: Codec, depth: int,
+                                                           monkeypatch) -> None:
+    from resilient_tx.codec import entropy, stage_coder
+
+    tokens = _tokens(codec, 12, 16)
+    whole = [codec.stage_coder(12, 16, depth).cdfs(s, tokens) for s in range(1, 6)]
+    monkeypatch.setattr(stage_coder, "CDF_CHUNK", 7)  # stages of 12..96 tokens: many chunks
+    coder = codec.stage_coder(12, 16, depth)
+    for s in range(1, 6):
+        assert torch.equal(coder.cdfs(s, tokens), whole[s - 1])
+        assert torch.equal(coder.cdfs(s, tokens, torch.int16), entropy.to_torchac(whole[s - 1]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -405,6 +406,11 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
+    # Idle OpenMP threads sleep instead of spinning: the codec runs many small operations,
+    # and spinning threads burn the CPU a busy machine's other work (or our own other
+    # thread) needs. Read when torch loads, which the commands do lazily, after this; a
+    # value the user set wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # SIGTERM (e.g. from a service manager) stops the command the way Ctrl-C does. Signal
     # handlers can only be set from the main thread; tests call main() from others too.
     in_main = threading.current_thread() is threading.main_thread()

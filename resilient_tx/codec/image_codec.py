@@ -4,12 +4,21 @@ Stage 1 is coded with each sub-codebook's marginal histogram; stage s >= 2 with 
 conditionals p(q_s | q_<s), one softmax per sub-quantizer. The MIM runs in float64 and its
 logits go through :mod:`resilient_tx.codec.entropy`'s integer CDF construction, so an encoder
 on one machine and a decoder on another (CPU vs CUDA, any thread count) agree bit for bit.
+
+Large images (a token grid over :data:`~resilient_tx.model.banded.BANDED_MIN_TOKENS`, about
+a megapixel) take paths whose time and memory grow linearly with the pixels: the PQ-VAE's
+conv stacks stream over chunks of rows (:mod:`~resilient_tx.model.streaming`), its XCiT
+and the MIM run in bands of token rows (:mod:`~resilient_tx.model.banded`), and CDFs are
+built a chunk of positions at a time, in torchac's int16 form. The file format is the
+same; the CDFs are the same integers (the MIM's float64 result moves only by rounding,
+far below the 1/16-nat grid), so either path decodes the other's files. Which path a
+grid takes depends on the grid alone, never on the device or the thread count.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -22,7 +31,23 @@ from resilient_tx.codec.stage_coder import StageCoder, TokenProbabilities, Trunk
 from resilient_tx.errors import InputError, ModelMismatchError
 from resilient_tx.images import to_tensor, to_uint8
 from resilient_tx.model import pad_to_multiple
+from resilient_tx.model.banded import is_large
 from resilient_tx.zoo.checkpoint import LoadedModel
+
+#: Pixel rows per chunk fed to the encoder's conv stem for a large image (a multiple of
+#: every downsampling factor).
+STREAM_PIXEL_ROWS = 256
+
+
+def _image_chunks(image: np.ndarray, multiple: int, rows: int,
+                  device: torch.device) -> Iterator[torch.Tensor]:
+    """``image`` (H, W, 3) uint8 as (1, 3, r, W') float chunks in [0, 1], top first,
+    edge-padded to multiples of ``multiple`` exactly as :func:`pad_to_multiple` pads."""
+    h, w = image.shape[:2]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else image
+    for top in range(0, padded.shape[0], rows):
+        yield to_tensor(padded[top : top + rows]).to(device)
 
 
 class Codec:
@@ -66,15 +91,30 @@ class Codec:
         check_effort(effort)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise InputError("expected an (H, W, 3) uint8 RGB image")
+        height, width = image.shape[:2]
+        if effort == 0 and is_large(*self.grid(width, height)):
+            chunks = _image_chunks(image, self.cfg.downsample, STREAM_PIXEL_ROWS, self.device)
+            return self.net.tokens_streamed(chunks)[0].cpu()
         x = pad_to_multiple(to_tensor(image).to(self.device), self.cfg.downsample)
         if effort == 0:
             return self.net.tokens(x)[0].cpu()
-        height, width = image.shape[:2]
         return refine_tokens(self.net, x, height, width, effort)[0].cpu()
 
     def tokens_to_image(self, tokens: torch.Tensor, width: int, height: int) -> np.ndarray:
-        x = self.net.reconstruct(tokens[None].to(self.device))
-        return to_uint8(x[..., :height, :width])
+        """Tokens (M, h, w) -> the (height, width, 3) uint8 image they decode to."""
+        if not is_large(*tokens.shape[1:]):
+            x = self.net.reconstruct(tokens[None].to(self.device))
+            return to_uint8(x[..., :height, :width])
+        # A large image arrives in chunks of rows, each turned into pixels at once, so the
+        # float image is never held whole.
+        out = np.empty((height, width, 3), dtype=np.uint8)
+        top = 0
+        for rows in self.net.reconstruct_streamed(tokens[None].to(self.device)):
+            keep = min(rows.shape[2], height - top)
+            if keep > 0:
+                out[top : top + keep] = to_uint8(rows[..., :keep, :width])
+            top += rows.shape[2]
+        return out
 
     # ----- tokens <-> stage bitstreams ------------------------------------------------
     def stage_cdfs(self, known: torch.Tensor, stage: int, positions: np.ndarray,

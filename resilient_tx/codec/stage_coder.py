@@ -11,7 +11,8 @@ This module is the one place that knows how a stage is coded:
 * **the hidden mask**: every token beyond the context is hidden from the MIM;
 * **the probabilities**: stage 1 from each sub-codebook's marginal histogram, later stages
   from the float64 MIM, turned into integer CDFs by :mod:`~resilient_tx.codec.entropy`.
-  Stages that share a context (all stages after ``depth``) share one trunk pass;
+  Stages that share a context (all stages after ``depth``) share one trunk pass; a stage
+  with a context of its own asks the trunk for its own positions only;
 * **a chunk**: some of a stage's tokens, chosen by :mod:`~resilient_tx.codec.layout`, as
   ``layout seed u8 | CRC32 u32 of its symbols | torchac bytes``. The seed lets the decoder
   rebuild which tokens the chunk holds; the CRC catches any desynchronisation, so a chunk
@@ -40,6 +41,7 @@ from resilient_tx.errors import BitstreamError, InputError
 
 CHUNK_HEADER = struct.Struct("<BI")  # layout seed, CRC32 of the chunk's symbols
 DEPTH_MASK = 0x07  # packet flag bits that hold the context depth
+CDF_CHUNK = 2048  # positions whose CDFs are built at once (see TokenProbabilities.cdfs)
 MAX_CONTEXT_DEPTH = DEPTH_MASK
 
 
@@ -68,6 +70,9 @@ class TrunkAndHeads(Protocol):
 
     def features(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor: ...
 
+    def features_at(self, tokens: torch.Tensor, mask: torch.Tensor,
+                    positions: torch.Tensor) -> torch.Tensor: ...
+
     def heads_at(self, features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -91,19 +96,34 @@ class TokenProbabilities:
 
     @torch.no_grad()
     def cdfs(self, known: torch.Tensor, stage: int, positions: np.ndarray,
-             hidden: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        """int64 CDFs (n, M, V+1) for ``positions`` of ``stage`` (1-based).
+             hidden: torch.Tensor, features: torch.Tensor | None = None,
+             dtype: torch.dtype = torch.int64) -> torch.Tensor:
+        """CDFs (n, M, V+1) for ``positions`` of ``stage`` (1-based), int64 or, with
+        ``dtype=torch.int16``, already in torchac's form (:func:`entropy.to_torchac`).
 
         ``known`` (M, h, w) holds every visible token; values under ``hidden`` are ignored
         (the MIM replaces them by its mask token). ``features`` from :meth:`features` for
-        the same inputs saves the trunk pass.
+        the same inputs saves the trunk pass. More than :data:`CDF_CHUNK` positions are
+        done a chunk at a time, which bounds the float64 logits and the integer
+        temporaries of a large image (every row's CDF depends on its own logits only).
         """
         n = len(positions)
         if stage == 1:
-            return self.marginal_cdf.unsqueeze(0).expand(n, -1, -1)
-        feats = self.features(known, hidden) if features is None else features
-        sel = self.mim64.heads_at(feats, torch.from_numpy(positions).to(self.device))
-        return entropy.logits_to_cdf(sel)
+            return self.marginal_cdf.to(dtype).unsqueeze(0).expand(n, -1, -1)
+        pos = torch.from_numpy(positions).to(self.device)
+        if features is None:  # this stage's trunk pass alone: only its own rows are needed
+            rows = self.mim64.features_at(known[None].to(self.device),
+                                          hidden[None].to(self.device), pos)[None]
+            at = torch.arange(n, device=self.device)
+        else:
+            rows, at = features, pos
+        if n <= CDF_CHUNK:
+            return entropy.logits_to_cdf(self.mim64.heads_at(rows, at), dtype)
+        out = torch.empty(n, *self.marginal_cdf.shape, dtype=dtype)
+        for i in range(0, n, CDF_CHUNK):
+            sel = self.mim64.heads_at(rows, at[i : i + CDF_CHUNK])
+            out[i : i + CDF_CHUNK] = entropy.logits_to_cdf(sel, dtype)
+        return out
 
 
 @dataclass(frozen=True)
@@ -144,6 +164,11 @@ class StageCoder:
         """(h, w) True where a token is beyond stage ``stage``'s context."""
         return self.stage_map > self.context(stage)
 
+    def shares_trunk(self, stage: int) -> bool:
+        """Whether ``stage``'s MIM pass serves other stages too (all stages after a
+        nonzero depth share one context), so that the whole grid's features are kept."""
+        return self.depth > 0 and stage > self.depth
+
     def decodable(self, stage: int, complete: Sequence[bool]) -> bool:
         """Whether ``stage`` can be decoded exactly, given which earlier stages are
         complete (``complete[i]`` for stage ``i + 1``)."""
@@ -154,17 +179,20 @@ class StageCoder:
         return len(self.positions[stage - 1]) / (self.height * self.width)
 
     # ----- probabilities and symbols ----------------------------------------------------
-    def cdfs(self, stage: int, tokens: torch.Tensor) -> torch.Tensor:
+    def cdfs(self, stage: int, tokens: torch.Tensor,
+             dtype: torch.dtype = torch.int64) -> torch.Tensor:
         """CDFs (n, M, V+1) of every token of ``stage`` given ``tokens`` (M, h, w), whose
-        entries inside the stage's context must be exact (the rest is ignored)."""
+        entries inside the stage's context must be exact (the rest is ignored); ``dtype``
+        as in :meth:`TokenProbabilities.cdfs`."""
         hidden = self.hidden(stage)
         feats = None
-        if stage > 1:
+        if stage > 1 and self.shares_trunk(stage):
             key = hidden.numpy().tobytes()
             if self._trunk is None or self._trunk[0] != key:
+                self._trunk = None  # let the old features go before the new pass
                 self._trunk = key, self.probs.features(tokens, hidden)
             feats = self._trunk[1]
-        return self.probs.cdfs(tokens, stage, self.positions[stage - 1], hidden, feats)
+        return self.probs.cdfs(tokens, stage, self.positions[stage - 1], hidden, feats, dtype)
 
     def symbols(self, tokens: torch.Tensor, stage: int) -> torch.Tensor:
         """The stage's tokens (n, M) in coding order."""
@@ -176,6 +204,8 @@ class StageCoder:
                       seed: int) -> tuple[bytes, ...]:
         """A stage's ``symbols`` (n, M) under ``cdf`` (n, M, L) as ``k`` chunks laid out
         by ``seed`` (:func:`layout.chunk_members`)."""
+        if k == 1:  # one chunk holds the whole stage in order, whatever the seed
+            return (_encode_chunk(cdf, symbols, seed),)
         members = layout.chunk_members(symbols.shape[0], k, seed)
         return tuple(_encode_chunk(cdf[idx], symbols[idx], seed) for idx in members)
 
@@ -197,7 +227,7 @@ class StageCoder:
             raise BitstreamError(f"stage {stage}: chunk shorter than its header")
         seed, crc = CHUNK_HEADER.unpack_from(chunk)
         idx = layout.chunk_members(len(self.positions[stage - 1]), k, seed)[index]
-        sel = cdf[torch.from_numpy(idx)]
+        sel = cdf if k == 1 else cdf[torch.from_numpy(idx)]  # k == 1: idx is every token
         sym = entropy.decode(sel.reshape(-1, sel.shape[-1]), chunk[CHUNK_HEADER.size:])
         return idx, sym.reshape(len(idx), self.m), crc
 
@@ -209,7 +239,7 @@ class StageCoder:
         out = []
         for s in range(1, self.num_stages + 1):
             sym = self.symbols(tokens, s)
-            (chunk,) = self.encode_chunks(sym, self.cdfs(s, tokens), 1, 0)
+            (chunk,) = self.encode_chunks(sym, self.cdfs(s, tokens, torch.int16), 1, 0)
             _, crc = CHUNK_HEADER.unpack_from(chunk)
             out.append(StageStream(chunk[CHUNK_HEADER.size:], sym.shape[0], crc))
             if progress is not None:
@@ -227,7 +257,7 @@ class StageCoder:
             pos = self.positions[s - 1]
             if st.symbols != len(pos):
                 raise BitstreamError(f"stage {s}: {st.symbols} symbols, grid needs {len(pos)}")
-            cdf = self.cdfs(s, tokens.reshape(self.m, self.height, self.width))
+            cdf = self.cdfs(s, tokens.reshape(self.m, self.height, self.width), torch.int16)
             chunk = CHUNK_HEADER.pack(0, st.crc) + st.data
             _, sym, crc = self._decode(s, cdf, 1, 0, chunk)
             entropy.check_crc(sym, crc, f"stage {s}")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resilient_tx.config import ModelConfig
+from resilient_tx.model.streaming import Chain, ConvRows, Pointwise, Residual
 from resilient_tx.model.xcit import XCiTStack
 
 
@@ -28,6 +29,11 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+    def row_stream(self) -> Residual:
+        """The same block over a stream of rows (:mod:`~resilient_tx.model.streaming`)."""
+        return Residual(Chain([Pointwise(F.silu), ConvRows(self.conv1), Pointwise(F.silu),
+                               ConvRows(self.conv2)]))
 
 
 class Encoder(nn.Module):

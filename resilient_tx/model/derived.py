@@ -95,6 +95,10 @@ class MergedMIM(TokenModel):
     def features(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.base.features(self.expand(tokens), mask)
 
+    def features_at(self, tokens: torch.Tensor, mask: torch.Tensor,
+                    positions: torch.Tensor) -> torch.Tensor:
+        return self.base.features_at(self.expand(tokens), mask, positions)
+
     def heads_at(self, features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.merge(self.base.heads_at(features, positions))
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from resilient_tx.config import ModelConfig
+from resilient_tx.model import banded
 from resilient_tx.model.xcit import XCiTStack
 
 
@@ -34,6 +35,14 @@ class TokenModel(nn.Module):
     def features(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Trunk output (B, h*w, D) in raster order, before the per-sub-quantizer heads."""
         raise NotImplementedError
+
+    def features_at(self, tokens: torch.Tensor, mask: torch.Tensor,
+                    positions: torch.Tensor) -> torch.Tensor:
+        """:meth:`features` of batch item 0 at flat ``positions`` only, (n, D).
+
+        For one stage whose trunk pass no other stage shares: on a large grid the last
+        block's MLP then runs on those positions alone."""
+        return self.features(tokens, mask)[0, positions]
 
     def heads_at(self, features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Logits (n, M, V) from batch item 0 of :meth:`features` output at ``positions``.
@@ -74,11 +83,30 @@ class MaskedTokenModel(TokenModel):
         return logits.reshape(b, h, w, m, self.v)
 
     def features(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self._trunk(tokens, mask, None)
+
+    def features_at(self, tokens: torch.Tensor, mask: torch.Tensor,
+                    positions: torch.Tensor) -> torch.Tensor:
+        return self._trunk(tokens, mask, positions)[0]
+
+    def _trunk(self, tokens: torch.Tensor, mask: torch.Tensor,
+               keep: torch.Tensor | None) -> torch.Tensor:
         b, m, h, w = tokens.shape
+        if banded.use_bands(h, w):
+            # Band by band, as the trunk will run: no full-grid temporaries.
+            x = torch.empty(b, h, w, self.mask_token.shape[0], dtype=self.mask_token.dtype,
+                            device=tokens.device)
+            for r0, r1 in banded.bands(h, w):
+                x[:, r0:r1] = self._embed(tokens[:, :, r0:r1], mask[:, r0:r1])
+        else:
+            x = self._embed(tokens, mask)
+        return self.trunk.forward_tokens(x.reshape(b, h * w, -1), h, w, keep)
+
+    def _embed(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Trunk input (B, h, w, D): summed sub-codebook embeddings, or the mask token."""
         safe = tokens.clamp(0, self.v - 1)  # masked slots may hold any placeholder
-        x = sum(self.embed[i](safe[:, i]) for i in range(m))  # (B, h, w, D)
-        x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
-        return self.trunk.forward_tokens(x.reshape(b, h * w, -1), h, w)
+        x = sum(self.embed[i](safe[:, i]) for i in range(self.m))
+        return torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
 
     def heads_at(self, features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self._heads(features[0, positions])

@@ -1,12 +1,14 @@
 """PQ-MIM: PQ-VAE (encoder, product quantizer, decoder) plus the MIM entropy model.
 
 Follows the CompressAI split: this module is pure network maths (``forward`` for
-training, ``tokens``/``reconstruct`` for coding); turning probabilities into bits lives in
+training, ``tokens``/``reconstruct`` for coding, and their ``*_streamed`` forms that hold a
+large image only a few rows at a time); turning probabilities into bits lives in
 :mod:`resilient_tx.codec.entropy` and :mod:`resilient_tx.codec.image_codec`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -14,9 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from resilient_tx.config import ModelConfig
+from resilient_tx.model import banded
 from resilient_tx.model.autoencoder import Decoder, Encoder
 from resilient_tx.model.mim import MaskedTokenModel, TokenModel
 from resilient_tx.model.quantizer import ProductQuantizer
+from resilient_tx.model.streaming import row_chunks, stream_rows
+
+#: Token rows per chunk when the decoder streams (16 pixel rows each at f = 16).
+STREAM_TOKEN_ROWS = 8
+#: Memory format of streamed conv activations: oneDNN's convolutions run faster on it.
+CHANNELS_LAST = torch.channels_last
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,33 @@ class PQMIM(nn.Module):
         """Indices (B, M, h, w) -> image (B, 3, H, W) clamped to [0, 1]."""
         codes = self.quantizer.codes_from_indices(indices)
         return ((self.decoder(codes) + 1.0) * 0.5).clamp(0.0, 1.0)
+
+    # ----- large images: row streams (see model/streaming.py and model/banded.py) ----------
+    @torch.no_grad()
+    def tokens_streamed(self, chunks: Iterable[torch.Tensor]) -> torch.Tensor:
+        """:meth:`tokens` of an image given as consecutive chunks of rows (B, 3, r, W) in
+        [0, 1], top first (any ``r``; the whole image's H and W multiples of f).
+
+        The conv stem streams over the chunks (memory of a few chunks), the token-level
+        XCiT runs in bands; the tokens equal :meth:`tokens`' up to float rounding."""
+        stem = stream_rows(self.encoder.convs,
+                           (self._to_model_range(c).contiguous(memory_format=CHANNELS_LAST)
+                            for c in chunks))
+        z = self.encoder.xcit(torch.cat(list(stem), dim=2))
+        rows = banded.band_rows(z.shape[-1])
+        return torch.cat([self.quantizer.indices(z[..., r0 : r0 + rows, :])
+                          for r0 in range(0, z.shape[-2], rows)], dim=2)
+
+    @torch.no_grad()
+    def reconstruct_streamed(self, indices: torch.Tensor,
+                             token_rows: int = STREAM_TOKEN_ROWS) -> Iterator[torch.Tensor]:
+        """:meth:`reconstruct` as consecutive chunks of image rows (B, 3, r, W), top first:
+        the token-level XCiT runs in bands, the conv head streams ``token_rows`` token
+        rows at a time, so the full-resolution image is never held as floats."""
+        z = self.decoder.xcit(self.quantizer.codes_from_indices(indices))
+        z = z.contiguous(memory_format=CHANNELS_LAST)  # a view already, when banded
+        for rows in stream_rows(self.decoder.convs, row_chunks(z, token_rows)):
+            yield ((rows + 1.0) * 0.5).clamp(0.0, 1.0)
 
 
 def pad_to_multiple(x: torch.Tensor, f: int) -> torch.Tensor:

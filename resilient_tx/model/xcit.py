@@ -3,7 +3,8 @@
 Attention is taken between *channels* (a d_h x d_h matrix per head) instead of between
 tokens, so the cost is linear in the number of tokens; the local patch interaction (a
 depthwise 3x3 conv) supplies spatial mixing. No absolute position embedding is used, so
-one model serves any grid size.
+one model serves any grid size. For inference on large grids the same stack runs in bands
+of token rows (:mod:`~resilient_tx.model.banded`), which bounds its working memory.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from resilient_tx.model import banded
 
 
 class XCA(nn.Module):
@@ -101,10 +104,21 @@ class XCiTStack(nn.Module):
         self.blocks = nn.ModuleList(XCiTBlock(dim, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
-    def forward_tokens(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def forward_tokens(self, x: torch.Tensor, h: int, w: int,
+                       keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, h*w, C) tokens in raster order -> the stack's output, same shape, or only
+        the rows at flat positions ``keep``, (B, len(keep), C).
+
+        Inference on a large grid runs in bands of rows (:mod:`~resilient_tx.model.banded`:
+        the same result up to rounding, memory and time linear in the tokens, and with
+        ``keep`` the last MLP only where needed); training and small grids take the
+        whole-grid path below."""
+        if banded.use_bands(h, w):
+            return banded.forward_tokens(self, x, h, w, keep)
         for blk in self.blocks:
             x = blk(x, h, w)
-        return self.norm(x)
+        y = self.norm(x)
+        return y if keep is None else y[:, keep]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
