@@ -16,7 +16,7 @@ from resilient_tx.config import SenderConfig
 from resilient_tx.errors import InputError, ResilientTxError
 from resilient_tx.images import load_rgb
 from resilient_tx.resilience.collector import Collector
-from resilient_tx.resilience.endpoint import Receiver, Sender, fec_profile
+from resilient_tx.resilience.endpoint import Receiver, Sender
 from resilient_tx.resilience.packet import KEYED_FLAG, Packet
 from resilient_tx.zoo.registry import get_model
 
@@ -44,13 +44,6 @@ def test_stage_count_knows_the_shipped_models_only() -> None:
     assert rx.stage_count(get_model("low").model_id) == get_model("low").cfg.stages
     assert rx.stage_count(get_model("low-k16").model_id) == get_model("low-k16").cfg.stages
     assert rx.stage_count(b"\x00" * 8) is None
-
-
-def test_fec_profile_names() -> None:
-    assert fec_profile("strong").name == "strong"
-    assert fec_profile("for_loss:0.3").loss_rate == 0.3
-    with pytest.raises(InputError, match="loss rate"):
-        fec_profile("for_loss:lots")
 
 
 # ----------------------------------------------------------------------------- fuzzing

@@ -310,6 +310,7 @@ def test_parse_spec_names_and_loss_rates() -> None:
     [
         ("for_loss:", "loss rate P must be a number"),
         ("for_loss:abc", "loss rate P must be a number"),
+        ("for_loss:lots", "loss rate P must be a number"),
         ("for_loss:1.2", r"loss rate must be in \[0, 1\)"),
         ("for_loss:-0.1", r"loss rate must be in \[0, 1\)"),
         ("for_loss:nan", r"loss rate must be in \[0, 1\)"),

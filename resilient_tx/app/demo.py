@@ -64,10 +64,10 @@ def _round_trip(codec: Codec, image: np.ndarray) -> tuple[DemoRow, np.ndarray]:
 def run_demo(args: argparse.Namespace) -> list[DemoRow]:
     set_threads(args.threads)
     device = resolve_device(args.device)
-    from resilient_tx.resilience.endpoint import fec_profile
+    from resilient_tx.resilience.fec import parse_spec
 
     fec = args.fec or f"for_loss:{args.loss:g}"  # the demo knows its loss rate: plan for it
-    fec_profile(fec)  # a bad --loss/--fec fails here, before any work
+    parse_spec(fec)  # a bad --loss/--fec fails here, before any work
     src = Path(args.image) if args.image else sample_path()
     image = load_rgb(src)
     out = Path(args.out)

@@ -42,11 +42,6 @@ def rate_point_id(name: str) -> int:
     return rates.index(name) if name in rates else 255
 
 
-def fec_profile(name: str) -> fec.FecProfile:
-    """The profile a fixed ``--fec`` spec names (:func:`fec.parse_spec`)."""
-    return fec.parse_spec(name)
-
-
 QualityFn = Callable[[np.ndarray, np.ndarray], float]  # (original, decoded) -> e.g. PSNR
 
 
