@@ -38,7 +38,7 @@ from resilient_tx.runtime import set_threads  # noqa: E402
 from resilient_tx.transport import LossPattern, MemoryReceiver, MemorySender  # noqa: E402
 from resilient_tx.transport.base import TransportConfig  # noqa: E402
 from resilient_tx.transport.channel import ChannelConfig  # noqa: E402
-from simulations.sim_common import fail, plain  # noqa: E402
+from simulations.sim_common import plain, script_main  # noqa: E402
 
 PROG = "bench_preview.py"
 CPU = torch.device("cpu")
@@ -126,12 +126,7 @@ def _row(pace: float, seed: int, send_s: float, got: list[Timed],
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except ResilientTxError as exc:
-        return fail(PROG, str(exc))
-    return 0
+    return script_main(PROG, build_parser(), run, argv)
 
 
 if __name__ == "__main__":

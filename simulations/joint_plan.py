@@ -50,7 +50,7 @@ from resilient_tx.resilience.packetizer import PacketizedImage  # noqa: E402
 from resilient_tx.runtime import set_threads  # noqa: E402
 from resilient_tx.transport import channel  # noqa: E402
 from resilient_tx.zoo.registry import get_model  # noqa: E402
-from simulations.sim_common import SAMPLES, fail, image_files, plain  # noqa: E402
+from simulations.sim_common import SAMPLES, image_files, plain, script_main  # noqa: E402
 
 PROG = "joint_plan.py"
 CPU = torch.device("cpu")
@@ -209,12 +209,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except ResilientTxError as exc:
-        return fail(PROG, str(exc))
-    return 0
+    return script_main(PROG, build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -58,13 +58,13 @@ from resilient_tx.app.derive_rate import TRAINING_HINT, training_dir  # noqa: E4
 from resilient_tx.codec import entropy  # noqa: E402
 from resilient_tx.codec.image_codec import Codec  # noqa: E402
 from resilient_tx.codec.partition import quincunx_stages  # noqa: E402
-from resilient_tx.errors import InputError, ResilientTxError  # noqa: E402
+from resilient_tx.errors import InputError  # noqa: E402
 from resilient_tx.eval.metrics import psnr  # noqa: E402
 from resilient_tx.images import load_rgb, to_tensor, to_uint8  # noqa: E402
 from resilient_tx.model import pad_to_multiple  # noqa: E402
 from resilient_tx.runtime import set_threads  # noqa: E402
 from resilient_tx.zoo.registry import get_model  # noqa: E402
-from simulations.sim_common import SAMPLES, fail, image_files, plain  # noqa: E402
+from simulations.sim_common import SAMPLES, image_files, plain, script_main  # noqa: E402
 
 PROG = "mim_headroom.py"
 PROBES = ("stages", "flips", "subcond", "nstages", "rdoq")
@@ -390,12 +390,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except ResilientTxError as exc:
-        return fail(PROG, str(exc))
-    return 0
+    return script_main(PROG, build_parser(), run, argv)
 
 
 if __name__ == "__main__":

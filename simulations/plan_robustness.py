@@ -38,14 +38,14 @@ if str(ROOT) not in sys.path:
 
 from resilient_tx.codec.image_codec import Codec  # noqa: E402
 from resilient_tx.config import DEFAULT_MAX_PACKET, SenderConfig  # noqa: E402
-from resilient_tx.errors import InputError, ResilientTxError  # noqa: E402
+from resilient_tx.errors import InputError  # noqa: E402
 from resilient_tx.images import load_rgb  # noqa: E402
 from resilient_tx.resilience import fec, uep  # noqa: E402
 from resilient_tx.resilience.packetizer import PacketizedImage, Packetizer  # noqa: E402
 from resilient_tx.runtime import set_threads  # noqa: E402
 from resilient_tx.transport.channel import ChannelConfig, loss_pattern  # noqa: E402
 from resilient_tx.zoo.registry import get_model  # noqa: E402
-from simulations.sim_common import fail, image_files, plain, shared_data  # noqa: E402
+from simulations.sim_common import image_files, plain, script_main, shared_data  # noqa: E402
 
 PROG = "plan_robustness.py"
 DEFAULT_SPECS = ("for_loss:0.1,guard:1", "for_loss:0.1", "for_loss:0.3",
@@ -212,12 +212,7 @@ def run(args: argparse.Namespace) -> list[Row]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except ResilientTxError as exc:
-        return fail(PROG, str(exc))
-    return 0
+    return script_main(PROG, build_parser(), run, argv)
 
 
 if __name__ == "__main__":

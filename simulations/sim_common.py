@@ -7,11 +7,14 @@ fresh clone; the Kodak and BSDS500 sets are downloaded separately and passed by 
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from resilient_tx.errors import InputError
+from resilient_tx.errors import InputError, ResilientTxError
 from resilient_tx.images import list_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,3 +65,15 @@ def fail(prog: str, message: str) -> int:
     """Print ``prog: error: message`` on stderr (the argparse form, one line); return 2."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
+
+
+def script_main(prog: str, parser: argparse.ArgumentParser,
+                run: Callable[[argparse.Namespace], Any], argv: Sequence[str] | None) -> int:
+    """The ``main`` of a script that parses its flags and runs: 0, or 2 with the one-line
+    error of a :class:`ResilientTxError`."""
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except ResilientTxError as exc:
+        return fail(prog, str(exc))
+    return 0
