@@ -47,24 +47,27 @@ def test_sender_and_receiver_programs_talk_over_udp(tmp_path: Path, capsys,
 
 
 @pytest.mark.network
+@pytest.mark.parametrize("transport", ["udp", "webrtc"])
 def test_programs_with_a_key_file_sign_and_check(tmp_path: Path, capsys, sender: ModuleType,
-                                                 receiver: ModuleType) -> None:
+                                                 receiver: ModuleType, transport: str) -> None:
+    # WebRTC's DTLS keeps the path private but lets anyone who reaches the signalling port
+    # open a channel and send: the tag must be required there just as on UDP.
     crop = tmp_path / "crop.png"
     save_rgb(load_rgb(sample_path())[:64, :96], crop)
     key = tmp_path / "key"
     key.write_bytes(bytes(range(32)))
     key.chmod(0o600)
-    port = free_port("udp")
+    port = free_port(transport)
     out = tmp_path / "received"
     rx, codes = call_in_thread(receiver.main, ["--listen", f"127.0.0.1:{port}", "--count",
                                                "1", "--out-dir", str(out), "--device", "cpu",
                                                "--inpainter", "neighbor", "--key-file",
-                                               str(key)])
-    wait_listening(port, "udp")
+                                               str(key), "--transport", transport])
+    wait_listening(port, transport)
+    to = ["--to", f"127.0.0.1:{port}", "--device", "cpu", "--transport", transport]
     # Unsigned first: dropped (and said so); then signed: written.
-    assert sender.main([str(crop), "--to", f"127.0.0.1:{port}", "--device", "cpu"]) == 0
-    assert sender.main([str(crop), "--to", f"127.0.0.1:{port}", "--device", "cpu",
-                        "--key-file", str(key)]) == 0
+    assert sender.main([str(crop), *to]) == 0
+    assert sender.main([str(crop), *to, "--key-file", str(key)]) == 0
     rx.join(timeout=60)
     assert not rx.is_alive() and codes == [0]
     assert len(list(out.glob("*.png"))) == 1
