@@ -43,6 +43,27 @@ def test_small_packets_split_stages_into_several_chunks(tmp_path, tiny_config, i
     assert max(plan.k for plan in out.stages) > 1
 
 
+def test_packet_sizes_that_need_over_one_codeword_per_stage_are_not_planned(
+        tmp_path, tiny_config, image, monkeypatch) -> None:
+    # A 12-megapixel photo cut into quarter-size packets needs over 255 per stage: here the
+    # codeword is shrunk instead, so the smaller packet sizes are the ones that overflow.
+    pk = Packetizer(make_codec(tmp_path, tiny_config), fec.for_loss(0.3), max_packet=300)
+    tokens = pk.codec.image_to_tokens(image)
+    small = Packetizer(pk.codec, fec.for_loss(0.3), max_packet=100)
+    assert max(plan.k for plan in small.plan_stages(tokens)) > 1
+    tried = [max(shape.k for shape in cut.shapes) for cut in pk._cuts(tokens)]
+    full_k = tried[0]  # the configured packet size comes first
+    assert max(tried) > full_k  # smaller packets mean more of them
+    monkeypatch.setattr(fec, "MAX_CODEWORD", max(tried) - 1)
+    assert all(max(shape.k for shape in cut.shapes) < max(tried) for cut in pk._cuts(tokens))
+    assert max(plan.k for plan in pk.plan_stages(tokens)) < max(tried)
+    assert pk.plan_within(tokens, 10**9) is not None
+    # Not even the configured packet size fits: one clear error.
+    monkeypatch.setattr(fec, "MAX_CODEWORD", 1)
+    with pytest.raises(InputError, match="too large to send at this rate"):
+        small.plan_stages(tokens)
+
+
 def test_unequal_protection_earlier_stages_get_more(tmp_path, tiny_config, image) -> None:
     out = Packetizer(make_codec(tmp_path, tiny_config), fec.get_profile("strong"),
                      max_packet=100, min_chunks=4).packetize(image, 1)

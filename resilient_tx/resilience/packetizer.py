@@ -254,9 +254,9 @@ class Packetizer:
         _, h, w = tokens.shape
         coder = self.codec.stage_coder(h, w, self.context_depth)
         coded = [_coded_stage(coder, tokens, s) for s in range(1, coder.num_stages + 1)]
-        cache: dict[tuple[int, int], tuple[int, tuple[bytes, ...]]] = {}
+        cache: dict[tuple[int, int], tuple[int, tuple[bytes, ...]] | None] = {}
 
-        def cut(s: int, capacity: int) -> tuple[int, tuple[bytes, ...]]:
+        def cut(s: int, capacity: int) -> tuple[int, tuple[bytes, ...]] | None:
             if (s, capacity) not in cache:
                 cache[s, capacity] = self._cut_stage(coder, coded[s], capacity)
             return cache[s, capacity]
@@ -267,12 +267,21 @@ class Packetizer:
         out = []
         for capacity in caps:
             for first in sorted({c for c in firsts if c <= capacity}, reverse=True):
-                cuts = tuple(cut(s, first if s == 0 else capacity) for s in range(len(coded)))
+                tried = [cut(s, first if s == 0 else capacity) for s in range(len(coded))]
+                cuts = tuple(c for c in tried if c is not None)
+                if len(cuts) < len(tried):  # some stage needs more than one codeword
+                    continue
                 shapes = tuple(uep.StageShape(len(chunks),
                                               per_packet + max(len(c) for c in chunks),
                                               st.share, st.context)
                                for (_, chunks), st in zip(cuts, coded, strict=True))
                 out.append(_Cut(cuts, shapes))
+        if not out:
+            most = max(math.ceil(st.bits.sum() / 8 / self.capacity) for st in coded)
+            raise InputError(
+                f"image too large to send at this rate: a stage would need about {most} "
+                f"packets of {self.max_packet} bytes, and one stage may use at most "
+                f"{fec.MAX_CODEWORD}; send it at a lower rate, smaller, or with larger packets")
         return out
 
     def _capacities(self, divisors: tuple[int, ...] = PACKET_DIVISORS) -> list[int]:
@@ -292,19 +301,20 @@ class Packetizer:
         return out
 
     def _cut_stage(self, coder: StageCoder, st: _CodedStage,
-                   capacity: int) -> tuple[int, tuple[bytes, ...]]:
+                   capacity: int) -> tuple[int, tuple[bytes, ...]] | None:
         """(layout seed, chunk bytes) of one stage: k chunks of at most ``capacity`` bytes
-        of bitstream each, balanced in bytes."""
+        of bitstream each, balanced in bytes; None if that takes more chunks than one
+        Reed-Solomon codeword holds (a large image cut into small packets)."""
         n = st.symbols.shape[0]
         k = max(self.min_chunks, math.ceil(st.bits.sum() / 8 / (0.9 * capacity)))
-        k = min(k, max(1, n))
-        while True:  # the estimate rarely undershoots; then one more chunk is enough
+        k = min(k, max(1, n), fec.MAX_CODEWORD)  # the estimate is a little generous
+        while k <= fec.MAX_CODEWORD:  # the estimate rarely undershoots: one more chunk
             seed = layout.best_seed(st.bits, k)
             chunks = coder.encode_chunks(st.symbols, st.cdf, k, seed)
             if max(len(c) for c in chunks) <= capacity + CHUNK_HEADER.size or k >= n:
-                break
+                return seed, chunks
             k += 1
-        return seed, chunks
+        return None
 
     def _stage_packets(self, plan: StagePlan, image_id: int, width: int,
                        height: int) -> list[Packet]:
