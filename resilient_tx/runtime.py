@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from resilient_tx.errors import InputError
 
 DEVICES = ("auto", "cpu", "cuda")
+#: Set to 1 to keep every decoder computation in float32 (see :func:`native_bf16`).
+FLOAT32_ENV = "RESILIENT_TX_FLOAT32"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -26,3 +30,18 @@ def set_threads(n: int) -> None:
         raise InputError(f"--threads must be >= 0, got {n}")
     if n:
         torch.set_num_threads(n)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` is a CPU whose oneDNN kernels run bfloat16 natively (AVX-512 BF16
+    or AMX): there a bfloat16 conv takes about half the time of a float32 one, where an
+    emulated one would be slower. ``RESILIENT_TX_FLOAT32=1`` in the environment says no
+    (float32 pixels everywhere, e.g. to compare runs across machines)."""
+    if os.environ.get(FLOAT32_ENV, "") not in ("", "0"):
+        return False
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    try:  # a private probe: treat any change in it as "no"
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

@@ -12,7 +12,9 @@ and the MIM run in bands of token rows (:mod:`~resilient_tx.model.banded`), and 
 built a chunk of positions at a time, in torchac's int16 form. The file format is the
 same; the CDFs are the same integers (the MIM's float64 result moves only by rounding,
 far below the 1/16-nat grid), so either path decodes the other's files. Which path a
-grid takes depends on the grid alone, never on the device or the thread count.
+grid takes depends on the grid alone, never on the device or the thread count. Only the
+pixels of a large image may depend on the machine: on a CPU with native bfloat16 the
+decoder's conv head runs in bfloat16 there (:func:`~resilient_tx.runtime.native_bf16`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from resilient_tx.errors import InputError, ModelMismatchError
 from resilient_tx.images import to_tensor, to_uint8
 from resilient_tx.model import pad_to_multiple
 from resilient_tx.model.banded import is_large
+from resilient_tx.runtime import native_bf16
 from resilient_tx.zoo.checkpoint import LoadedModel
 
 #: Pixel rows per chunk fed to the encoder's conv stem for a large image (a multiple of
@@ -53,10 +56,18 @@ def _image_chunks(image: np.ndarray, multiple: int, rows: int,
 class Codec:
     """Codec bound to one loaded model and one device. Stateless between calls."""
 
-    def __init__(self, model: LoadedModel, device: torch.device | str = "cpu") -> None:
+    def __init__(self, model: LoadedModel, device: torch.device | str = "cpu",
+                 reduced_precision: bool | None = None) -> None:
         self.model = model
         self.device = torch.device(device)
         self.net = model.net.to(self.device).eval()
+        # A large image's pixels (never its tokens or CDFs) may come from a bfloat16 copy
+        # of the decoder's conv head where the CPU runs bfloat16 natively: about 40 % less
+        # decoder time for pixels within +-2 levels of float32's (None: decide by the CPU).
+        if reduced_precision is None:
+            reduced_precision = native_bf16(self.device)
+        self._head: torch.nn.Module | None = (
+            self.net.decoder_convs_as(torch.bfloat16) if reduced_precision else None)
         # The entropy model runs in float64: see the entropy module for why.
         mim64: TrunkAndHeads = copy.deepcopy(model.net.mim).double().to(self.device).eval()
         self.cfg = model.cfg
@@ -109,7 +120,8 @@ class Codec:
         # float image is never held whole.
         out = np.empty((height, width, 3), dtype=np.uint8)
         top = 0
-        for rows in self.net.reconstruct_streamed(tokens[None].to(self.device)):
+        for rows in self.net.reconstruct_streamed(tokens[None].to(self.device),
+                                                  convs=self._head):
             keep = min(rows.shape[2], height - top)
             if keep > 0:
                 out[top : top + keep] = to_uint8(rows[..., :keep, :width])

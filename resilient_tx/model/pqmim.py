@@ -8,6 +8,7 @@ large image only a few rows at a time); turning probabilities into bits lives in
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -86,15 +87,26 @@ class PQMIM(nn.Module):
                           for r0 in range(0, z.shape[-2], rows)], dim=2)
 
     @torch.no_grad()
-    def reconstruct_streamed(self, indices: torch.Tensor,
-                             token_rows: int = STREAM_TOKEN_ROWS) -> Iterator[torch.Tensor]:
+    def reconstruct_streamed(self, indices: torch.Tensor, token_rows: int = STREAM_TOKEN_ROWS,
+                             convs: nn.Module | None = None) -> Iterator[torch.Tensor]:
         """:meth:`reconstruct` as consecutive chunks of image rows (B, 3, r, W), top first:
         the token-level XCiT runs in bands, the conv head streams ``token_rows`` token
-        rows at a time, so the full-resolution image is never held as floats."""
+        rows at a time, so the full-resolution image is never held as floats.
+
+        ``convs`` stands in for the decoder's conv stack: a copy of it in another dtype
+        (:meth:`decoder_convs_as`) runs the head in that dtype; the rows come out float32."""
+        head = self.decoder.convs if convs is None else convs
+        dtype = next(head.parameters()).dtype
         z = self.decoder.xcit(self.quantizer.codes_from_indices(indices))
         z = z.contiguous(memory_format=CHANNELS_LAST)  # a view already, when banded
-        for rows in stream_rows(self.decoder.convs, row_chunks(z, token_rows)):
-            yield ((rows + 1.0) * 0.5).clamp(0.0, 1.0)
+        chunks = (c.to(dtype) for c in row_chunks(z, token_rows))
+        for rows in stream_rows(head, chunks):
+            yield ((rows.float() + 1.0) * 0.5).clamp(0.0, 1.0)
+
+    def decoder_convs_as(self, dtype: torch.dtype) -> nn.Module:
+        """A detached copy of the decoder's conv stack in ``dtype``, for
+        :meth:`reconstruct_streamed` (the module itself stays as it is)."""
+        return copy.deepcopy(self.decoder.convs).to(dtype).eval()
 
 
 def pad_to_multiple(x: torch.Tensor, f: int) -> torch.Tensor:
