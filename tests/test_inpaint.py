@@ -148,9 +148,10 @@ def count_passes(inp: MimInpainter, monkeypatch) -> list[int]:
     calls: list[int] = []
     real = inp._predict
 
-    def spy(tokens: torch.Tensor, unknown: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def spy(tokens: torch.Tensor, unknown: torch.Tensor,
+            positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         calls.append(int(unknown.sum()))
-        return real(tokens, unknown)
+        return real(tokens, unknown, positions)
 
     monkeypatch.setattr(inp, "_predict", spy)
     return calls
@@ -165,6 +166,24 @@ def test_quincunx_order_one_pass_per_stage_with_unknowns(tiny: LoadedModel,
     inp.fill(torch.zeros(TINY.num_subvectors, 8, 8, dtype=torch.int64), known)
     # Stage 2 first, with stage 5 still hidden; then stage 5 alone.
     assert calls == [int((grid == 2).sum() + (grid == 5).sum()), int((grid == 5).sum())]
+
+
+@pytest.mark.parametrize("order", ["quincunx", "confidence"])
+def test_mim_fill_is_the_same_a_few_positions_at_a_time(tiny: LoadedModel, monkeypatch,
+                                                        order: str) -> None:
+    # Large photos have their probabilities computed in chunks of positions: the chunk
+    # size must not change a single filled token.
+    import resilient_tx.codec.inpaint as inpaint
+
+    gen = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, TINY.codebook_size, (TINY.num_subvectors, 9, 11), generator=gen)
+    known = torch.rand(9, 11, generator=gen) < 0.4
+    inp = MimInpainter(tiny, "cpu", order=order, steps=3)
+    whole = inp.fill(tokens, known)
+    monkeypatch.setattr(inpaint, "PREDICT_CHUNK", 5)
+    chunked = inp.fill(tokens, known)
+    assert torch.equal(chunked, whole) and torch.equal(whole[:, known], tokens[:, known])
+    assert not torch.equal(whole, tokens)  # something was filled
 
 
 def test_confidence_order_follows_cosine_schedule(tiny: LoadedModel, monkeypatch) -> None:

@@ -48,6 +48,8 @@ DEFAULT_ORDER = "quincunx"
 DEFAULT_CONFIDENCE_STEPS = 8
 #: Unknown positions handled per block by the nearest-neighbour search (bounds memory).
 _NN_BLOCK = 1024
+#: Positions whose per-entry probabilities the MIM inpainter holds at once.
+PREDICT_CHUNK = 4096
 
 
 def default_device() -> torch.device:
@@ -205,15 +207,26 @@ class MimInpainter(Inpainter):
                 self.device)
 
     @torch.no_grad()
-    def _predict(self, tokens: torch.Tensor, unknown: torch.Tensor) -> tuple[torch.Tensor,
-                                                                              torch.Tensor]:
-        """Predicted tokens (M, h, w) and log-confidence (h, w) at every position."""
-        logits = self.mim(tokens[None].to(self.device), unknown[None].to(self.device))[0]
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (h, w, M, V)
-        best, idx = logp.max(dim=-1)  # (h, w, M): log max-probability and argmax
-        if self.decision == "mean":
-            idx = nearest_to_mean(logp.exp(), self.codebooks)
-        return idx.permute(2, 0, 1).cpu(), best.sum(dim=-1).cpu()
+    def _predict(self, tokens: torch.Tensor, unknown: torch.Tensor,
+                 positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted tokens (M, n) and log-confidence (n,) at flat raster ``positions``.
+
+        The heads and the softmax run :data:`PREDICT_CHUNK` positions at a time: a large
+        photo's per-position probabilities over every entry would otherwise take
+        gigabytes, for a few tokens each pass needs."""
+        toks, mask = tokens[None].to(self.device), unknown[None].to(self.device)
+        at = positions.to(self.device)
+        feats = self.mim.features_at(toks, mask, at)[None]  # (1, n, D)
+        idx_parts, conf_parts = [], []
+        for i in range(0, len(at), PREDICT_CHUNK):
+            rows = torch.arange(i, min(i + PREDICT_CHUNK, len(at)), device=self.device)
+            logp = torch.log_softmax(self.mim.heads_at(feats, rows).float(), dim=-1)
+            best, idx = logp.max(dim=-1)  # (n, M): log max-probability and argmax
+            if self.decision == "mean":
+                idx = nearest_to_mean(logp.exp(), self.codebooks)
+            idx_parts.append(idx.T.cpu())
+            conf_parts.append(best.sum(dim=-1).cpu())
+        return torch.cat(idx_parts, dim=1), torch.cat(conf_parts)
 
     def _fill(self, tokens: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         if self.order == "quincunx":
@@ -223,29 +236,30 @@ class MimInpainter(Inpainter):
     def _fill_quincunx(self, tokens: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
         h, w = unknown.shape
         grid = torch.from_numpy(quincunx_stages(h, w, self.stages))
+        flat = tokens.view(tokens.shape[0], -1)  # tokens is a fresh contiguous clone
         for s in range(1, self.stages + 1):
             sel = unknown & (grid == s)
             if bool(sel.any()):
-                pred, _ = self._predict(tokens, unknown)
-                tokens[:, sel] = pred[:, sel]
+                pos = sel.reshape(-1).nonzero().squeeze(1)
+                flat[:, pos] = self._predict(tokens, unknown, pos)[0]
                 unknown = unknown & ~sel
         return tokens
 
     def _fill_confidence(self, tokens: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
         total = int(unknown.sum())
+        flat = tokens.view(tokens.shape[0], -1)
         for t in range(1, self.steps + 1):
             left = int(unknown.sum())
             if left == 0:
                 break
             n = max(1, left - cosine_left(total, t, self.steps))
-            pred, conf = self._predict(tokens, unknown)
-            flat = torch.where(unknown, conf, -math.inf).reshape(-1)
-            pick = torch.sort(flat, descending=True, stable=True).indices[:n]
-            sel = torch.zeros_like(flat, dtype=torch.bool)
-            sel[pick] = True
-            sel = sel.reshape(unknown.shape)
-            tokens[:, sel] = pred[:, sel]
-            unknown = unknown & ~sel
+            pos = unknown.reshape(-1).nonzero().squeeze(1)  # raster order
+            pred, conf = self._predict(tokens, unknown, pos)
+            # Most confident first; ties in raster order (a stable sort).
+            pick = torch.sort(conf, descending=True, stable=True).indices[:n]
+            flat[:, pos[pick]] = pred[:, pick]
+            unknown = unknown.clone()
+            unknown.view(-1)[pos[pick]] = False
         return tokens
 
 
