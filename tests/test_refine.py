@@ -84,6 +84,35 @@ def test_shipped_model_improves_on_a_crop(low_model, sample_crop, one_thread) ->
         crop, codec.tokens_to_image(plain, w, h))
 
 
+def test_a_large_image_is_refined_tile_by_tile(low_model, sample_crop, one_thread,
+                                              monkeypatch) -> None:
+    # Every grid counts as large here: the 128 x 150 crop is an 8 x 10 grid.
+    import resilient_tx.codec.refine as refine
+    from resilient_tx.model import banded
+
+    monkeypatch.setattr(banded, "BANDED_MIN_TOKENS", 0)
+    monkeypatch.setattr(banded, "BAND_TOKENS", 30)
+    codec = Codec(low_model, reduced_precision=False)
+    crop = sample_crop[:, :150]
+    h, w = crop.shape[:2]
+    plain = codec.image_to_tokens(crop)
+    before = psnr(crop, codec.tokens_to_image(plain, w, h))
+    assert codec.refine_steps(w, h, 0) == 0
+    # One tile holds the whole grid: refinement finds better tokens.
+    ticks: list[int] = []
+    refined = codec.image_to_tokens(crop, 8, lambda: ticks.append(1))
+    assert len(ticks) == codec.refine_steps(w, h, 8) == 1
+    assert not torch.equal(plain, refined)
+    assert psnr(crop, codec.tokens_to_image(refined, w, h)) > before
+    # 4 x 4 tiles (2 x 3, the last column padded): each tile's pass sees only its window,
+    # and the whole-image check still keeps the result from ever decoding worse.
+    monkeypatch.setattr(refine, "TILE_TOKENS", 4)
+    ticks.clear()
+    tiled = codec.image_to_tokens(crop, 8, lambda: ticks.append(1))
+    assert len(ticks) == codec.refine_steps(w, h, 8) == 6
+    assert psnr(crop, codec.tokens_to_image(tiled, w, h)) >= before
+
+
 @pytest.mark.parametrize("effort", [-1, 1.5, True, "3"])
 def test_bad_effort_rejected(tmp_path: Path, tiny_config, image, effort) -> None:
     codec = make_codec(tmp_path, tiny_config)

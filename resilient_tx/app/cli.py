@@ -160,7 +160,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         image = load_rgb(args.image, max_pixels=args.max_pixels)
     codec = _codec(args)
     t0 = time.perf_counter()
-    with progress_bar(args, codec.steps(), "encoding") as bar:
+    steps = codec.steps() + codec.refine_steps(image.shape[1], image.shape[0], args.effort)
+    with progress_bar(args, steps, "encoding") as bar:
         blob = bytes(codec.encode(image, args.effort, bar.update))
     dt = time.perf_counter() - t0
     _write_output(args.output, blob)

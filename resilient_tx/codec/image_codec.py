@@ -28,7 +28,12 @@ import torch
 from resilient_tx.codec import entropy
 from resilient_tx.codec.container import EncodedImage, StageStream
 from resilient_tx.codec.partition import quincunx_stages, stage_indices, token_grid
-from resilient_tx.codec.refine import check_effort, refine_tokens
+from resilient_tx.codec.refine import (
+    check_effort,
+    refine_tile_count,
+    refine_tiled,
+    refine_tokens,
+)
 from resilient_tx.codec.stage_coder import StageCoder, TokenProbabilities, TrunkAndHeads
 from resilient_tx.errors import InputError, ModelMismatchError
 from resilient_tx.images import to_tensor, to_uint8
@@ -42,13 +47,19 @@ from resilient_tx.zoo.checkpoint import LoadedModel
 STREAM_PIXEL_ROWS = 256
 
 
+def _pad_edges(image: np.ndarray, multiple: int) -> np.ndarray:
+    """``image`` (H, W, 3) edge-padded to multiples of ``multiple``, as
+    :func:`pad_to_multiple` pads (no copy when nothing is missing)."""
+    h, w = image.shape[:2]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else image
+
+
 def _image_chunks(image: np.ndarray, multiple: int, rows: int,
                   device: torch.device) -> Iterator[torch.Tensor]:
     """``image`` (H, W, 3) uint8 as (1, 3, r, W') float chunks in [0, 1], top first,
     edge-padded to multiples of ``multiple`` exactly as :func:`pad_to_multiple` pads."""
-    h, w = image.shape[:2]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else image
+    padded = _pad_edges(image, multiple)
     for top in range(0, padded.shape[0], rows):
         yield to_tensor(padded[top : top + rows]).to(device)
 
@@ -92,20 +103,27 @@ class Codec:
         return torch.from_numpy(quincunx_stages(h, w, self.cfg.stages))
 
     # ----- image <-> tokens -----------------------------------------------------------
-    def image_to_tokens(self, image: np.ndarray, effort: int = 0) -> torch.Tensor:
+    def image_to_tokens(self, image: np.ndarray, effort: int = 0,
+                        tick: Callable[[], None] | None = None) -> torch.Tensor:
         """(H, W, 3) uint8 -> tokens (M, h, w) int64 on CPU.
 
         ``effort`` > 0 refines the latent by that many gradient steps through the frozen
         decoder before quantizing (:mod:`~resilient_tx.codec.refine`): slower to encode,
-        decoded by any receiver as usual; 0 is the plain encoder.
+        decoded by any receiver as usual; 0 is the plain encoder. A large image is refined
+        in tiles, and ``tick`` is called after each (:meth:`refine_steps` times).
         """
         check_effort(effort)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise InputError("expected an (H, W, 3) uint8 RGB image")
         height, width = image.shape[:2]
-        if effort == 0 and is_large(*self.grid(width, height)):
+        if is_large(*self.grid(width, height)):
             chunks = _image_chunks(image, self.cfg.downsample, STREAM_PIXEL_ROWS, self.device)
-            return self.net.tokens_streamed(chunks)[0].cpu()
+            if effort == 0:
+                return self.net.tokens_streamed(chunks)[0].cpu()
+            padded = _pad_edges(image, self.cfg.downsample)
+            z0 = self.net.latent_streamed(chunks)
+            return refine_tiled(self.net, padded, z0, height, width, effort,
+                                tick=tick)[0].cpu()
         x = pad_to_multiple(to_tensor(image).to(self.device), self.cfg.downsample)
         if effort == 0:
             return self.net.tokens(x)[0].cpu()
@@ -156,15 +174,22 @@ class Codec:
         """(H, W, 3) uint8 -> an ``.rtx`` image; ``effort`` as in :meth:`image_to_tokens`.
         ``progress`` is called :meth:`steps` times: after the tokens, then per stage."""
         height, width = image.shape[:2]
-        tokens = self.image_to_tokens(image, effort)
+        tokens = self.image_to_tokens(image, effort, progress)
         if progress is not None:
             progress()
         streams = self.stage_coder(*tokens.shape[1:]).compress(tokens, progress)
         return EncodedImage(self.model.model_id, width, height, streams)
 
     def steps(self) -> int:
-        """How many times :meth:`encode` and :meth:`decode` call their ``progress``."""
+        """How many times :meth:`encode` and :meth:`decode` call their ``progress``
+        (:meth:`encode`: :meth:`refine_steps` more)."""
         return 1 + self.cfg.stages
+
+    def refine_steps(self, width: int, height: int, effort: int) -> int:
+        """The extra ``progress`` calls of :meth:`encode` with ``effort``: one per tile
+        when a large image is refined, else none."""
+        h, w = self.grid(width, height)
+        return refine_tile_count(h, w) if effort and is_large(h, w) else 0
 
     def decode(self, enc: EncodedImage,
                progress: Callable[[], None] | None = None) -> np.ndarray:

@@ -13,18 +13,32 @@ replaced by the gradient of a softmax assignment over the codebook at a temperat
 soft-to-hard relaxation of Agustsson et al. 2017). The step with the lowest error is kept,
 and the result is checked against the unrefined tokens with the receiver's own
 reconstruction, so effort never decodes worse than effort 0.
+
+A large image (a token grid the codec streams, over about a megapixel) is refined a tile
+of :data:`TILE_TOKENS` squared tokens at a time, each seen with :data:`HALO_TOKENS` of
+context on every side, so memory stays that of one small decoder pass with gradients.
+The decoder's attention is global, so a tile's pass only approximates the whole image's;
+the final check is made on the whole image, as the receiver decodes it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from resilient_tx.errors import InputError
+from resilient_tx.images import to_tensor
+from resilient_tx.model import banded
 from resilient_tx.model.pqmim import PQMIM
 from resilient_tx.model.quantizer import ProductQuantizer
+
+#: Tokens per side of the tiles a large image is refined in, and their context halo.
+TILE_TOKENS = 16
+HALO_TOKENS = 4
 
 
 @dataclass(frozen=True)
@@ -133,3 +147,70 @@ def _keep_better(net: PQMIM, x: torch.Tensor, base: torch.Tensor, z: torch.Tenso
     err_base = _uint8_mse(net.reconstruct(base), x, height, width)
     err_refined = _uint8_mse(net.reconstruct(refined), x, height, width)
     return refined if err_refined < err_base else base
+
+
+def _tiles(h: int, w: int) -> Iterator[tuple[slice, slice, slice, slice]]:
+    """(rows, cols) of each tile in the grid and (rows, cols) of the tile in its haloed
+    window, for a grid of h x w tokens."""
+    for r0 in range(0, h, TILE_TOKENS):
+        for c0 in range(0, w, TILE_TOKENS):
+            r1, c1 = min(r0 + TILE_TOKENS, h), min(c0 + TILE_TOKENS, w)
+            wr, wc = max(r0 - HALO_TOKENS, 0), max(c0 - HALO_TOKENS, 0)
+            yield (slice(r0, r1), slice(c0, c1),
+                   slice(r0 - wr, r1 - wr), slice(c0 - wc, c1 - wc))
+
+
+def refine_tile_count(h: int, w: int) -> int:
+    """How many tiles :func:`refine_tiled` refines on an h x w token grid."""
+    return -(-h // TILE_TOKENS) * -(-w // TILE_TOKENS)
+
+
+def refine_tiled(net: PQMIM, padded: np.ndarray, z0: torch.Tensor, height: int, width: int,
+                 effort: int, settings: RefineSettings | None = None,
+                 tick: Callable[[], None] | None = None) -> torch.Tensor:
+    """Tokens (1, M, h, w) of a large image after ``effort`` steps on each tile's latent.
+
+    ``padded`` is the image (H', W', 3) uint8 edge-padded to multiples of the downsampling
+    factor, ``z0`` its latent (1, C, h, w) (``PQMIM.latent_streamed``); ``height`` x
+    ``width`` is the real image. ``tick`` is called after each tile.
+    """
+    check_effort(effort)
+    s = settings or RefineSettings()
+    f = net.cfg.downsample
+    _, _, h, w = z0.shape
+    z = z0.clone()
+    for rows, cols, in_r, in_c in _tiles(h, w):
+        wr0, wc0 = rows.start - in_r.start, cols.start - in_c.start
+        wr1, wc1 = min(rows.stop + HALO_TOKENS, h), min(cols.stop + HALO_TOKENS, w)
+        x = to_tensor(padded[wr0 * f : wr1 * f, wc0 * f : wc1 * f]).to(z0.device)
+        real_h, real_w = min(height - wr0 * f, x.shape[-2]), min(width - wc0 * f, x.shape[-1])
+        best = _descend(net, x, z0[..., wr0:wr1, wc0:wc1], real_h, real_w, effort, s)
+        z[..., rows, cols] = best[..., in_r, in_c]
+        if tick is not None:
+            tick()
+    base, refined = _banded_indices(net, z0), _banded_indices(net, z)
+    if torch.equal(refined, base):
+        return base
+    better = _streamed_error(net, refined, padded, height, width) < _streamed_error(
+        net, base, padded, height, width)
+    return refined if better else base
+
+
+def _banded_indices(net: PQMIM, z: torch.Tensor) -> torch.Tensor:
+    rows = banded.band_rows(z.shape[-1])
+    return torch.cat([net.quantizer.indices(z[..., r : r + rows, :])
+                      for r in range(0, z.shape[-2], rows)], dim=2)
+
+
+@torch.no_grad()
+def _streamed_error(net: PQMIM, tokens: torch.Tensor, padded: np.ndarray, height: int,
+                    width: int) -> float:
+    """:func:`_uint8_mse` of a large image's streamed reconstruction, a few rows at a time."""
+    total, top = 0.0, 0
+    for rows in net.reconstruct_streamed(tokens):
+        keep = min(rows.shape[2], height - top)
+        if keep > 0:
+            target = to_tensor(padded[top : top + keep, :width]).to(rows.device)
+            total += _uint8_mse(rows[..., :keep, :width], target, keep, width) * keep
+        top += rows.shape[2]
+    return total / height

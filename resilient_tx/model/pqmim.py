@@ -78,13 +78,19 @@ class PQMIM(nn.Module):
 
         The conv stem streams over the chunks (memory of a few chunks), the token-level
         XCiT runs in bands; the tokens equal :meth:`tokens`' up to float rounding."""
-        stem = stream_rows(self.encoder.convs,
-                           (self._to_model_range(c).contiguous(memory_format=CHANNELS_LAST)
-                            for c in chunks))
-        z = self.encoder.xcit(torch.cat(list(stem), dim=2))
+        z = self.latent_streamed(chunks)
         rows = banded.band_rows(z.shape[-1])
         return torch.cat([self.quantizer.indices(z[..., r0 : r0 + rows, :])
                           for r0 in range(0, z.shape[-2], rows)], dim=2)
+
+    @torch.no_grad()
+    def latent_streamed(self, chunks: Iterable[torch.Tensor]) -> torch.Tensor:
+        """The encoder's latent (B, C, h, w) before quantization, from chunks of rows as
+        :meth:`tokens_streamed` takes them."""
+        stem = stream_rows(self.encoder.convs,
+                           (self._to_model_range(c).contiguous(memory_format=CHANNELS_LAST)
+                            for c in chunks))
+        return self.encoder.xcit(torch.cat(list(stem), dim=2))
 
     @torch.no_grad()
     def reconstruct_streamed(self, indices: torch.Tensor, token_rows: int = STREAM_TOKEN_ROWS,
