@@ -142,6 +142,28 @@ def test_keyed_collector_takes_signed_packets_only(sent) -> None:
     assert any("without a tag" in n for n in col.drops.notices)
 
 
+def test_keyed_byte_copies_are_refused_before_their_tag_is_checked(sent) -> None:
+    signer = Signer(KEY)
+    verifier = Verifier(KEY)
+    col = Collector(five_stages, verifier=verifier)
+    signed = [signer.sign(p) for p in sent.packets if not p.is_parity]
+    opened: list[bytes] = []
+    real_open = verifier.open
+
+    def counting_open(data: bytes) -> Packet:
+        opened.append(data)
+        return real_open(data)
+
+    verifier.open = counting_open  # type: ignore[method-assign]
+    for b in signed:
+        col.feed(b, "a", 0.0)
+    for port in range(3):  # a flood of copies, from the sender's own address and others
+        for b in signed:
+            assert col.feed(b, f"evil:{port}" if port else "a", 0.1) is None
+    assert len(opened) == len(signed)  # one HMAC per distinct datagram, not per copy
+    assert col.drops.snapshot() == {"replay": 3 * len(signed)}
+
+
 def test_unkeyed_collector_drops_signed_packets_and_says_why(sent) -> None:
     col = Collector(five_stages)
     col.feed(Signer(KEY).sign(sent.packets[0]), "a", 0.0)

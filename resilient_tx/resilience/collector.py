@@ -148,19 +148,22 @@ class Collector:
 
     def feed(self, datagram: bytes, sender: Hashable, now: float) -> DueImage | None:
         """Take one datagram; returns the image if this packet completed it."""
-        digest = None
-        if self.verifier is None:
-            # Checked first: a replayed copy costs one hash, not a parse.
-            digest = hashlib.blake2b(datagram, digest_size=12).digest()
-            origin = self._origin.get(digest)
-            if origin is not None and origin != sender:
+        # Checked first: a replayed copy costs one hash, not a parse or a tag check.
+        digest = hashlib.blake2b(datagram, digest_size=12).digest()
+        origin = self._origin.get(digest)
+        if origin is not None:
+            if self.verifier is not None:
+                # A byte copy of a signed packet already accepted carries its sequence
+                # number: the replay window would refuse it, after a costlier HMAC.
+                self._drop("replay")
+                return None
+            if origin != sender:
                 self._drop("copy_from_elsewhere")
                 return None
         p = self._admit(datagram)
         if p is None:
             return None
-        if digest is not None:
-            self._remember(digest, sender)
+        self._remember(digest, sender)
         key = (sender, p.image_id, p.model_id)
         if key in self._done:
             self._observe(sender, p, now)  # late packets still tell how lossy the path is
