@@ -170,6 +170,19 @@ def test_a_bfloat16_head_moves_large_image_pixels_by_a_level_or_two(sample, defa
     assert abs(psnr(crop, quick) - psnr(crop, exact)) < 0.02
 
 
+def test_a_draft_of_a_small_image_may_use_the_bfloat16_head(sample, default_codec) -> None:
+    crop = sample[:96, :128]
+    tokens = default_codec.image_to_tokens(crop)
+    exact = default_codec.tokens_to_image(tokens, 128, 96)
+    # Without the head, a draft is the exact picture; with it, a close one.
+    assert np.array_equal(default_codec.tokens_to_image(tokens, 128, 96, draft=True), exact)
+    fast = Codec(get_model(DEFAULT_RATE), reduced_precision=True)
+    assert np.array_equal(fast.tokens_to_image(tokens, 128, 96), exact)  # not a draft
+    draft = fast.tokens_to_image(tokens, 128, 96, draft=True)
+    diff = np.abs(draft.astype(int) - exact.astype(int))
+    assert draft.shape == exact.shape and 0 < diff.max() <= 3
+
+
 def test_large_image_path_round_trips_any_size(tmp_path, everything_large) -> None:
     codec = tiny_codec(tmp_path, 0)
     rng = np.random.default_rng(5)

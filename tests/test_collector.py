@@ -246,6 +246,18 @@ def test_a_preview_comes_once_when_the_first_stages_are_in(sent) -> None:
     assert finals[0].assembler.packets_received > held
 
 
+def test_a_preview_holds_only_its_first_stages(sent) -> None:
+    # Packets of later stages come mixed in with the first ones: a preview that decoded
+    # them too would cost almost what the final picture costs.
+    col = Collector(five_stages, deadline=1.0, preview_stages=2)
+    third = [p for p in sent.packets if p.stage == 3]
+    first_two = [p for p in sent.packets if p.stage in (1, 2)]
+    dues = [col.feed(bytes(p), "a", 0.0) for p in third + first_two]
+    (preview,) = [d for d in dues if d is not None]
+    assert preview.preview and set(preview.assembler.stages) == {1, 2}
+    assert 3 in col._open[preview.key].asm.stages  # the image itself keeps everything
+
+
 def test_no_preview_without_the_option_or_for_a_complete_image(sent) -> None:
     col = Collector(five_stages)
     assert all(d is None or not d.preview

@@ -129,13 +129,18 @@ class Codec:
             return self.net.tokens(x)[0].cpu()
         return refine_tokens(self.net, x, height, width, effort)[0].cpu()
 
-    def tokens_to_image(self, tokens: torch.Tensor, width: int, height: int) -> np.ndarray:
-        """Tokens (M, h, w) -> the (height, width, 3) uint8 image they decode to."""
-        if not is_large(*tokens.shape[1:]):
+    def tokens_to_image(self, tokens: torch.Tensor, width: int, height: int,
+                        draft: bool = False) -> np.ndarray:
+        """Tokens (M, h, w) -> the (height, width, 3) uint8 image they decode to.
+
+        ``draft`` (a preview, soon replaced): the bfloat16 head whatever the size, where
+        the CPU runs it natively (pixels within a level or two)."""
+        fast = draft and self._head is not None
+        if not is_large(*tokens.shape[1:]) and not fast:
             x = self.net.reconstruct(tokens[None].to(self.device))
             return to_uint8(x[..., :height, :width])
-        # A large image arrives in chunks of rows, each turned into pixels at once, so the
-        # float image is never held whole.
+        # Chunks of rows, each turned into pixels at once: a large image's floats are
+        # never held whole.
         out = np.empty((height, width, 3), dtype=np.uint8)
         top = 0
         for rows in self.net.reconstruct_streamed(tokens[None].to(self.device),

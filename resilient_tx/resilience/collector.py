@@ -194,7 +194,8 @@ class Collector:
             return self._release(key, complete=True, now=now)
         if 0 < self.preview_stages <= done and not entry.previewed:
             entry.previewed = True
-            return DueImage(key, entry.asm.snapshot(), entry.first_seen, False, preview=True)
+            return DueImage(key, entry.asm.snapshot(self.preview_stages), entry.first_seen,
+                            False, preview=True)
         return None
 
     def expired(self, now: float) -> list[DueImage]:

@@ -243,6 +243,6 @@ class Receiver:
             inpainter = self._preview_inpainter(asm.model_id)
         exact = reassembly.decode(codec, asm)
         filled = inpainter.fill(exact.tokens, exact.known)
-        image = codec.tokens_to_image(filled, asm.width, asm.height)
+        image = codec.tokens_to_image(filled, asm.width, asm.height, draft=due.preview)
         return Received(image, exact.report, due.complete, time.perf_counter() - t0,
                         exact.known)

@@ -130,12 +130,14 @@ class ImageAssembler:
                 return s - 1
         return num_stages
 
-    def snapshot(self) -> ImageAssembler:
+    def snapshot(self, stages: int | None = None) -> ImageAssembler:
         """A copy that later packets do not change (a preview decodes it in another thread
-        while this one keeps collecting)."""
+        while this one keeps collecting); with ``stages``, of the first ones only (a
+        preview that also decoded what came of later stages would take almost as long as
+        the final picture, whose work starts only after it)."""
         twin = copy.copy(self)
         twin.stages = {s: _Stage(st.k, st.n, st.header, dict(st.shards))
-                       for s, st in self.stages.items()}
+                       for s, st in self.stages.items() if stages is None or s <= stages}
         twin._meta = set(self._meta)
         return twin
 
