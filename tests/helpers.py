@@ -5,12 +5,15 @@ Test modules import from here, never from one another.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import random
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
@@ -18,9 +21,10 @@ from typing import Any, TypeVar
 import torch
 
 from resilient_tx.codec.image_codec import Codec
-from resilient_tx.config import ModelConfig
+from resilient_tx.config import DEFAULT_MAX_PACKET, ModelConfig
 from resilient_tx.model import PQMIM
 from resilient_tx.training.kmeans import cluster_codebooks, cluster_sum_marginals
+from resilient_tx.transport import PacketReceiver
 from resilient_tx.zoo.checkpoint import LoadedModel, load_model, save_model
 from resilient_tx.zoo.derived import build_model
 
@@ -58,6 +62,7 @@ def derive_cluster_summed(base: LoadedModel, k: int, name: str = "") -> LoadedMo
 # --- running the example programs and commands against each other on loopback --------
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 def load_script(relative: str) -> ModuleType:
@@ -126,3 +131,48 @@ def _port_taken(port: int, transport: str) -> bool:
         except OSError:
             return True
     return False
+
+
+# ----- transports: bounded event loops and datagram collection ---------------------------
+LOOPBACK = "127.0.0.1:0"
+
+
+def run_bounded(coro: Awaitable[T], timeout: float = 20.0) -> T:
+    """Run one test coroutine in a fresh loop, failing (not hanging) after ``timeout``."""
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(bounded())
+
+
+def random_packets(count: int, seed: int = 0, low: int = 1,
+                   high: int = DEFAULT_MAX_PACKET) -> list[bytes]:
+    rng = random.Random(seed)
+    return [rng.randbytes(rng.randint(low, high)) for _ in range(count)]
+
+
+async def collect(receiver: PacketReceiver, count: int,
+                  timeout: float = 5.0) -> list[tuple[bytes, str]]:
+    """Exactly ``count`` datagrams, or TimeoutError if they do not all arrive."""
+    return [await asyncio.wait_for(receiver.recv(), timeout) for _ in range(count)]
+
+
+async def settle(receiver: PacketReceiver, quiet: float = 0.2) -> list[tuple[bytes, str]]:
+    """Everything that arrives until the receiver has been silent for ``quiet`` s."""
+    got = []
+    while True:
+        try:
+            got.append(await asyncio.wait_for(receiver.recv(), quiet))
+        except asyncio.TimeoutError:
+            return got
+
+
+def payloads(items: Sequence[tuple[bytes, str]]) -> Counter[bytes]:
+    return Counter(data for data, _ in items)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``predicate()`` holds, failing the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
