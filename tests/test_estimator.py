@@ -206,7 +206,7 @@ def test_older_images_weigh_less() -> None:
     reports += [Report(i, images=(final_image(i, 40, 40, 0),)) for i in range(1, 20)]
     rates = []
     for kwargs in ({"forgetting": 0.99}, NO_FORGETTING):
-        est = LossEstimator(**kwargs)
+        est = LossEstimator(**kwargs, detect_changes=False)  # forgetting alone
         for r in reports:
             est.update(r)
         rates.append(est.estimate().loss_rate)
@@ -266,6 +266,42 @@ def test_follows_a_step_change(sim: ModuleType) -> None:
         after.append(trace[1600].loss_rate)
     assert abs(np.mean(before) - 0.05) < 0.02
     assert abs(np.mean(after) - 0.40) < 0.04
+
+
+def test_a_step_is_detected_within_a_few_images_and_drops_the_old_evidence(
+        sim: ModuleType) -> None:
+    lags = {True: [], False: []}
+    for seed in range(5):
+        lost = np.concatenate((loss_pattern(800, iid(0.05), seed),
+                               loss_pattern(400, iid(0.40), seed + 99)))
+        for detect in (True, False):
+            est = LossEstimator(detect_changes=detect)
+            trace = run(sim, lost, est, image_packets=10)
+            lags[detect].append(next(n - 800 for n, e in trace
+                                     if n > 800 and e.loss_rate > 0.35))
+            assert est.changes >= 1 if detect else est.changes == 0
+    # Detected: within 8 images of 10 packets; by forgetting alone it takes 30 or more.
+    assert max(lags[True]) <= 80 and min(lags[False]) >= 300
+
+
+@pytest.mark.parametrize("channel", ["iid", "gilbert"])
+def test_a_steady_channel_raises_no_change(sim: ModuleType, channel: str) -> None:
+    make = iid if channel == "iid" else gilbert
+    for p in (0.1, 0.3, 0.5):
+        for seed in range(5):
+            est = LossEstimator()
+            run(sim, loss_pattern(2000, make(p), seed), est, image_packets=10)
+            assert est.changes == 0, (channel, p, seed)
+
+
+def test_change_point_needs_enough_packets_on_both_sides() -> None:
+    from resilient_tx.resilience.estimator import _Counts, change_point
+
+    clean, lossy = _Counts(10, 0, 0), _Counts(10, 5, 5)  # half lost, one at a time
+    assert change_point([lossy, lossy] + [clean] * 10) == 2
+    assert change_point([lossy] + [clean] * 10) is None  # 10 new packets: too few
+    assert change_point([lossy, lossy, clean]) is None  # 10 old packets: too few
+    assert change_point([clean] * 12) is None and change_point([]) is None
 
 
 def test_the_simulation_prints_its_tables(sim: ModuleType,

@@ -23,6 +23,15 @@ Loss rate
     within a few hundred packets, while a few hundred packets on a steady path already
     give an estimate about as close as that many packets allow: past W, a longer memory
     mostly slows the tracking. ``simulations/estimator_convergence.py`` measures both.
+Change detection
+    A step is followed faster than forgetting alone allows: when the newest images (at
+    least :data:`CHANGE_MIN_PACKETS` packets) lost a share that differs from that of all
+    the older ones by more than :data:`CHANGE_Z` standard errors (two proportions, the
+    variance widened by the burst dispersion D below), the older images are dropped
+    (:func:`change_point`). Their packets still age the priors, so the estimate starts
+    again from the new evidence, not from the prior. The threshold is high because the
+    test is repeated at every split and every report: on steady i.i.d. and Gilbert
+    channels it raised no change in 48 runs of 2000 packets.
 
 Upper bound
     ``upper`` is the ``quantile`` (0.9) quantile of the posterior, for a planner that
@@ -63,6 +72,8 @@ PRIOR_FLOOR = 0.05  # the priors' weights never decay below this share of their 
 FORGOTTEN = 4 * MAX_RECORDS  # ids of images dropped from the records, never taken again
 MAX_DISPERSION = 50.0  # caps D: past it the quantile is as wide as it usefully gets
 MAX_CONCENTRATION = 1e5  # pseudo-packets: a narrower posterior changes no decision
+CHANGE_Z = 5.0  # standard errors between newer and older evidence that make a change
+CHANGE_MIN_PACKETS = 20  # packets each side of a change needs before it can be one
 
 
 @dataclass(frozen=True)
@@ -118,7 +129,8 @@ class LossEstimator:
 
     def __init__(self, prior_loss: float = 0.1, prior_weight: float = 20.0,
                  forgetting: float = 0.995, quantile: float = 0.9,
-                 prior_burst: float = 1.0, burst_prior_weight: float = 2.0) -> None:
+                 prior_burst: float = 1.0, burst_prior_weight: float = 2.0,
+                 detect_changes: bool = True) -> None:
         _check_float("prior_loss", prior_loss, 0.0, 1.0)
         _check_float("prior_weight", prior_weight, 0.0, 1e9)
         _check_float("forgetting", forgetting, 0.0, 1.0, high_open=False)
@@ -137,6 +149,9 @@ class LossEstimator:
         # weighted sums over the records: packets, lost, runs; and the priors' decay
         self._sent = self._lost = self._runs = 0.0
         self._decay = 1.0
+        self.detect_changes = detect_changes
+        self.changes = 0  # changes of the loss rate detected so far
+        self._changed_away = 0  # packets of the records dropped at those changes
 
     def update(self, report: Report) -> None:
         """Take one report (only what it adds to the stats held counts)."""
@@ -160,7 +175,10 @@ class LossEstimator:
             self._forgotten.append(gone)
 
     def _recompute(self) -> None:
-        """Weighted sums, newest image first: each packet after a record shrinks it by f."""
+        """Weighted sums, newest image first: each packet after a record shrinks it by f.
+        Records older than a detected change of the loss rate are dropped first."""
+        if self.detect_changes:
+            self._drop_before_change()
         f = self.forgetting
         after = 0  # packets observed after the record being weighed
         sent = lost = runs = 0.0
@@ -175,7 +193,20 @@ class LossEstimator:
             runs += share * c.runs
             after += c.sent
         self._sent, self._lost, self._runs = sent, lost, runs
-        self._decay = max(f ** after, PRIOR_FLOOR)
+        # Packets of records dropped at a change still age the priors: a change must not
+        # hand the estimate back to them.
+        self._decay = max(f ** (after + self._changed_away), PRIOR_FLOOR)
+
+    def _drop_before_change(self) -> None:
+        records = list(reversed(self._records.items()))  # newest first
+        cut = change_point([_counts(stats) for _, stats in records])
+        if cut is None:
+            return
+        for image_id, stats in records[cut:]:
+            del self._records[image_id]
+            self._forgotten.append(image_id)
+            self._changed_away += _counts(stats).sent
+        self.changes += 1
 
     def estimate(self) -> LossEstimate:
         """The current estimate (the prior until a report with sequenced packets came)."""
@@ -194,6 +225,35 @@ class LossEstimator:
     def images(self) -> int:
         """Images whose stats are kept (at most :data:`MAX_RECORDS`)."""
         return len(self._records)
+
+
+def change_point(counts: list[_Counts]) -> int | None:
+    """Where the loss rate changed, in per-image evidence given newest first: the number
+    of newer records that differ from all the older ones by more than :data:`CHANGE_Z`
+    standard errors (each side holding at least :data:`CHANGE_MIN_PACKETS` packets), the
+    newest such split; None if there is none. The standard error is that of two
+    proportions, widened by the burst dispersion D of the module docstring."""
+    total_sent = sum(c.sent for c in counts)
+    total_lost = sum(c.lost for c in counts)
+    total_runs = sum(c.runs for c in counts)
+    if total_sent == 0:
+        return None
+    p = total_lost / total_sent
+    burst = total_lost / total_runs if total_runs else 1.0
+    dispersion = min(max(2 * burst * (1 - p) - 1, 1.0), MAX_DISPERSION)
+    variance = max(p * (1 - p), 1.0 / total_sent) * dispersion
+    new_sent = new_lost = 0
+    for i, c in enumerate(counts[:-1]):
+        new_sent, new_lost = new_sent + c.sent, new_lost + c.lost
+        old_sent, old_lost = total_sent - new_sent, total_lost - new_lost
+        if old_sent < CHANGE_MIN_PACKETS:
+            return None
+        if new_sent < CHANGE_MIN_PACKETS:
+            continue
+        se = math.sqrt(variance * (1 / new_sent + 1 / old_sent))
+        if abs(new_lost / new_sent - old_lost / old_sent) > CHANGE_Z * se:
+            return i + 1
+    return None
 
 
 # --- the Beta distribution without scipy ---------------------------------------------
