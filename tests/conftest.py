@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 
 from resilient_tx.config import ModelConfig
 from resilient_tx.zoo.checkpoint import LoadedModel
 
 SEED = 1234
+
+# CI (HYPOTHESIS_PROFILE=ci, set in .ci/run) runs every property test on the same examples,
+# so whether a change lands never depends on a draw; local runs keep exploring new ones.
+settings.register_profile("ci", derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(autouse=True)
