@@ -56,6 +56,19 @@ def test_everything_arrives_everything_exact(setup) -> None:
     assert rep.complete_stages == len(out.stages)
 
 
+def test_a_preview_decodes_its_first_stages_only_and_counts_everything(setup) -> None:
+    codec, out = setup
+    asm = assemble(bytes(p) for p in out.packets)
+    assert asm is not None
+    got = decode(codec, asm, stages=2)
+    grid = codec.stage_map(*out.tokens.shape[1:])
+    assert torch.equal(got.known, grid <= 2)  # exactly the first two stages' tokens
+    assert torch.equal(got.tokens[:, grid <= 2], out.tokens[:, grid <= 2])
+    rep = got.report
+    assert rep.packets_received == len(out.packets)  # what arrived, all of it
+    assert rep.complete_stages == 2 and rep.bytes_unusable == 0  # the rest is not lost
+
+
 def test_a_planned_send_decodes_exactly_after_losses(setup) -> None:
     codec, _ = setup
     image = load_rgb(sample_path())[:256, :320]

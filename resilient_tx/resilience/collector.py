@@ -96,6 +96,7 @@ class DueImage:
     first_seen: float
     complete: bool  # False: released by the deadline, with packets missing
     preview: bool = False  # a snapshot once the first stages arrived; the image stays open
+    decode_stages: int | None = None  # a preview decodes its first stages only
 
 
 StageCount = Callable[[bytes], int | None]  # model id -> quincunx stages; None: unknown
@@ -194,8 +195,8 @@ class Collector:
             return self._release(key, complete=True, now=now)
         if 0 < self.preview_stages <= done and not entry.previewed:
             entry.previewed = True
-            return DueImage(key, entry.asm.snapshot(self.preview_stages), entry.first_seen,
-                            False, preview=True)
+            return DueImage(key, entry.asm.snapshot(), entry.first_seen, False,
+                            preview=True, decode_stages=self.preview_stages)
         return None
 
     def expired(self, now: float) -> list[DueImage]:

@@ -241,7 +241,7 @@ class Receiver:
         codec, inpainter = self._for_model(asm.model_id)
         if due.preview:
             inpainter = self._preview_inpainter(asm.model_id)
-        exact = reassembly.decode(codec, asm)
+        exact = reassembly.decode(codec, asm, due.decode_stages)
         filled = inpainter.fill(exact.tokens, exact.known)
         image = codec.tokens_to_image(filled, asm.width, asm.height, draft=due.preview)
         return Received(image, exact.report, due.complete, time.perf_counter() - t0,

@@ -130,14 +130,12 @@ class ImageAssembler:
                 return s - 1
         return num_stages
 
-    def snapshot(self, stages: int | None = None) -> ImageAssembler:
+    def snapshot(self) -> ImageAssembler:
         """A copy that later packets do not change (a preview decodes it in another thread
-        while this one keeps collecting); with ``stages``, of the first ones only (a
-        preview that also decoded what came of later stages would take almost as long as
-        the final picture, whose work starts only after it)."""
+        while this one keeps collecting)."""
         twin = copy.copy(self)
         twin.stages = {s: _Stage(st.k, st.n, st.header, dict(st.shards))
-                       for s, st in self.stages.items() if stages is None or s <= stages}
+                       for s, st in self.stages.items()}
         twin._meta = set(self._meta)
         return twin
 
@@ -160,9 +158,10 @@ class _Decoding:
     complete: int = 0
 
 
-def _decode_tokens(codec: Codec, asm: ImageAssembler) -> tuple[torch.Tensor, torch.Tensor,
-                                                               _Decoding]:
-    """Exact tokens (M, h, w) and the mask of positions decoded exactly (h, w)."""
+def _decode_tokens(codec: Codec, asm: ImageAssembler, stages: int | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, _Decoding]:
+    """Exact tokens (M, h, w) and the mask of positions decoded exactly (h, w), from the
+    first ``stages`` stages only if given."""
     h, w = codec.grid(asm.width, asm.height)
     m = codec.cfg.num_subvectors
     coder = codec.stage_coder(h, w, depth_from_flags(asm.flags))
@@ -170,6 +169,8 @@ def _decode_tokens(codec: Codec, asm: ImageAssembler) -> tuple[torch.Tensor, tor
     complete: list[bool] = []  # complete[i]: stage i + 1 decoded exactly
     for s in range(1, coder.num_stages + 1):
         st = asm.stages.get(s)
+        if stages is not None and s > stages:
+            break  # left for later, not lost: nothing is counted against it
         if st is None:
             complete.append(False)
         elif not coder.decodable(s, complete):
@@ -243,9 +244,11 @@ class ExactTokens:
     report: ReceiveReport
 
 
-def decode(codec: Codec, asm: ImageAssembler) -> ExactTokens:
-    """Decode every exactly decodable token of an assembled image, with its report."""
-    tokens, known, dec = _decode_tokens(codec, asm)
+def decode(codec: Codec, asm: ImageAssembler, stages: int | None = None) -> ExactTokens:
+    """Decode every exactly decodable token of an assembled image, with its report; with
+    ``stages``, of its first stages only (a preview: decoding what came of later stages
+    too would cost almost what the final picture costs, whose work starts after it)."""
+    tokens, known, dec = _decode_tokens(codec, asm, stages)
     return ExactTokens(tokens, known, _report(asm, dec))
 
 
