@@ -55,11 +55,10 @@ def _pad_edges(image: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else image
 
 
-def _image_chunks(image: np.ndarray, multiple: int, rows: int,
+def _image_chunks(padded: np.ndarray, rows: int,
                   device: torch.device) -> Iterator[torch.Tensor]:
-    """``image`` (H, W, 3) uint8 as (1, 3, r, W') float chunks in [0, 1], top first,
-    edge-padded to multiples of ``multiple`` exactly as :func:`pad_to_multiple` pads."""
-    padded = _pad_edges(image, multiple)
+    """A padded image (:func:`_pad_edges`) as (1, 3, r, W') float chunks in [0, 1], top
+    first."""
     for top in range(0, padded.shape[0], rows):
         yield to_tensor(padded[top : top + rows]).to(device)
 
@@ -75,10 +74,9 @@ class Codec:
         # A large image's pixels (never its tokens or CDFs) may come from a bfloat16 copy
         # of the decoder's conv head where the CPU runs bfloat16 natively: about 40 % less
         # decoder time for pixels within +-2 levels of float32's (None: decide by the CPU).
-        if reduced_precision is None:
-            reduced_precision = native_bf16(self.device)
-        self._head: torch.nn.Module | None = (
-            self.net.decoder_convs_as(torch.bfloat16) if reduced_precision else None)
+        self._reduced = (native_bf16(self.device) if reduced_precision is None
+                         else reduced_precision)
+        self._bf16_head: torch.nn.Module | None = None  # made on first use
         # The entropy model runs in float64: see the entropy module for why.
         mim64: TrunkAndHeads = copy.deepcopy(model.net.mim).double().to(self.device).eval()
         self.cfg = model.cfg
@@ -117,10 +115,10 @@ class Codec:
             raise InputError("expected an (H, W, 3) uint8 RGB image")
         height, width = image.shape[:2]
         if is_large(*self.grid(width, height)):
-            chunks = _image_chunks(image, self.cfg.downsample, STREAM_PIXEL_ROWS, self.device)
+            padded = _pad_edges(image, self.cfg.downsample)
+            chunks = _image_chunks(padded, STREAM_PIXEL_ROWS, self.device)
             if effort == 0:
                 return self.net.tokens_streamed(chunks)[0].cpu()
-            padded = _pad_edges(image, self.cfg.downsample)
             z0 = self.net.latent_streamed(chunks)
             return refine_tiled(self.net, padded, z0, height, width, effort,
                                 tick=tick)[0].cpu()
@@ -135,8 +133,7 @@ class Codec:
 
         ``draft`` (a preview, soon replaced): the bfloat16 head whatever the size, where
         the CPU runs it natively (pixels within a level or two)."""
-        fast = draft and self._head is not None
-        if not is_large(*tokens.shape[1:]) and not fast:
+        if not is_large(*tokens.shape[1:]) and not (draft and self._reduced):
             x = self.net.reconstruct(tokens[None].to(self.device))
             return to_uint8(x[..., :height, :width])
         # Chunks of rows, each turned into pixels at once: a large image's floats are
@@ -144,12 +141,20 @@ class Codec:
         out = np.empty((height, width, 3), dtype=np.uint8)
         top = 0
         for rows in self.net.reconstruct_streamed(tokens[None].to(self.device),
-                                                  convs=self._head):
+                                                  convs=self._head()):
             keep = min(rows.shape[2], height - top)
             if keep > 0:
                 out[top : top + keep] = to_uint8(rows[..., :keep, :width])
             top += rows.shape[2]
         return out
+
+    def _head(self) -> torch.nn.Module | None:
+        """The bfloat16 copy of the decoder's conv head, or None for float32: made when a
+        large image or a draft first needs it, so a codec that never sees one (most of a
+        receiver's rate points) never pays for the copy."""
+        if self._reduced and self._bf16_head is None:
+            self._bf16_head = self.net.decoder_convs_as(torch.bfloat16)
+        return self._bf16_head
 
     # ----- tokens <-> stage bitstreams ------------------------------------------------
     def stage_cdfs(self, known: torch.Tensor, stage: int, positions: np.ndarray,

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 
 from resilient_tx.errors import InputError
 from resilient_tx.images import to_tensor
-from resilient_tx.model import banded
 from resilient_tx.model.pqmim import PQMIM
 from resilient_tx.model.quantizer import ProductQuantizer
 
@@ -188,18 +187,12 @@ def refine_tiled(net: PQMIM, padded: np.ndarray, z0: torch.Tensor, height: int, 
         z[..., rows, cols] = best[..., in_r, in_c]
         if tick is not None:
             tick()
-    base, refined = _banded_indices(net, z0), _banded_indices(net, z)
+    base, refined = net.indices_banded(z0), net.indices_banded(z)
     if torch.equal(refined, base):
         return base
     better = _streamed_error(net, refined, padded, height, width) < _streamed_error(
         net, base, padded, height, width)
     return refined if better else base
-
-
-def _banded_indices(net: PQMIM, z: torch.Tensor) -> torch.Tensor:
-    rows = banded.band_rows(z.shape[-1])
-    return torch.cat([net.quantizer.indices(z[..., r : r + rows, :])
-                      for r in range(0, z.shape[-2], rows)], dim=2)
 
 
 @torch.no_grad()

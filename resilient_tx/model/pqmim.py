@@ -78,7 +78,12 @@ class PQMIM(nn.Module):
 
         The conv stem streams over the chunks (memory of a few chunks), the token-level
         XCiT runs in bands; the tokens equal :meth:`tokens`' up to float rounding."""
-        z = self.latent_streamed(chunks)
+        return self.indices_banded(self.latent_streamed(chunks))
+
+    @torch.no_grad()
+    def indices_banded(self, z: torch.Tensor) -> torch.Tensor:
+        """The quantizer's indices (B, M, h, w) of a latent, a band of rows at a time (the
+        per-position temporaries of a large grid stay small)."""
         rows = banded.band_rows(z.shape[-1])
         return torch.cat([self.quantizer.indices(z[..., r0 : r0 + rows, :])
                           for r0 in range(0, z.shape[-2], rows)], dim=2)
