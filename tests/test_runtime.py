@@ -26,5 +26,6 @@ def test_bfloat16_only_on_a_cpu_and_never_when_float32_is_asked(monkeypatch) -> 
     monkeypatch.setenv(FLOAT32_ENV, "1")
     assert native_bf16(torch.device("cpu")) is False
     monkeypatch.setenv(FLOAT32_ENV, "0")
-    assert native_bf16(torch.device("cpu")) is bool(
-        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert isinstance(native_bf16(torch.device("cpu")), bool)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert native_bf16(torch.device("cpu")) is False  # no oneDNN: never
