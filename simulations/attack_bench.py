@@ -57,10 +57,11 @@ from resilient_tx.resilience.endpoint import Receiver as Decoder
 from resilient_tx.resilience.endpoint import Sender
 from resilient_tx.resilience.packet import (  # noqa: E402
     HEADER_SIZE,
-    HEADER_SIZE_V1,
+    KEYED_FLAG,
     MAGIC,
     TRAILER_SIZE,
     Packet,
+    header_size_of,
 )
 from resilient_tx.zoo.registry import get_model
 
@@ -240,9 +241,11 @@ def run_mode(keyed: bool, args: argparse.Namespace, workdir: Path) -> dict[str, 
 # --- fuzz: mutated datagrams through the receiver's sans-IO path, without sockets ------
 
 # (offset, size) of every header field after the magic: version, flags, image id, model
-# id, width, height, rate point, stage, chunk index, k, n, payload length.
-FIELDS = [(4, 1), (5, 1), (6, 4), (10, 8), (18, 2), (20, 2), (22, 1), (23, 1), (24, 2),
-          (26, 2), (28, 2), (30, 2), (32, 2), (34, 2)]  # the last two: seq, total (version 2)
+# id, width, height, rate point, stage, chunk index, k, n, then in version 2 the payload
+# length, seq and total, in version 3 seq and total.
+_COMMON = [(4, 1), (5, 1), (6, 4), (10, 8), (18, 2), (20, 2), (22, 1), (23, 1)]
+FIELDS_V2 = [*_COMMON, (24, 2), (26, 2), (28, 2), (30, 2), (32, 2), (34, 2)]
+FIELDS_V3 = [*_COMMON, (24, 1), (25, 1), (26, 1), (27, 2), (29, 2)]
 SIZE_FIELDS = (18, 20)  # width and height
 MAX_FUZZ_SIDE = 512  # decoding a huge picture is the caps' business, not the fuzzer's
 LEGIT_ADDR, STRANGER_ADDR = "legit", "stranger"  # the two sender addresses of the fuzz
@@ -251,23 +254,27 @@ LEGIT_ADDR, STRANGER_ADDR = "legit", "stranger"  # the two sender addresses of t
 def fix_crc(data: bytes) -> bytes:
     """``data`` with the CRC a sender would have written (what a deliberate attacker does;
     a corrupted packet keeps its stale CRC)."""
-    head = _header_size(data)
+    head, end = _payload_span(data)
     if len(data) < head:
         return data
-    (length,) = struct.unpack_from("<H", data, 30)
-    payload = data[head: head + length]
-    crc = zlib.crc32(payload, zlib.crc32(data[:head - 4])) & 0xFFFFFFFF
+    crc = zlib.crc32(data[head:end], zlib.crc32(data[:head - 4])) & 0xFFFFFFFF
     return data[:head - 4] + struct.pack("<I", crc) + data[head:]
 
 
-def _header_size(data: bytes) -> int:
-    """The header size the datagram's version byte announces (40 unless it says 1)."""
-    return HEADER_SIZE_V1 if len(data) > 4 and data[4] == 1 else HEADER_SIZE
+def _payload_span(data: bytes) -> tuple[int, int]:
+    """(start, end) of the payload the datagram's header announces; the current version's
+    header size for a version this build does not read."""
+    head = header_size_of(data) or HEADER_SIZE
+    if len(data) > 4 and data[4] == 3:  # no length field: the rest, less any trailer
+        keyed = len(data) > 5 and data[5] & KEYED_FLAG
+        return head, max(head, len(data) - (TRAILER_SIZE if keyed else 0))
+    (length,) = struct.unpack_from("<H", data, 30) if len(data) >= 32 else (0,)
+    return head, head + length
 
 
 def _set_field(rng: random.Random, data: bytes) -> bytes:
     """One header field of ``data`` set to a random value."""
-    off, size = rng.choice(FIELDS)
+    off, size = rng.choice(FIELDS_V3 if len(data) > 4 and data[4] == 3 else FIELDS_V2)
     if off in SIZE_FIELDS:
         value = rng.randint(0, MAX_FUZZ_SIDE).to_bytes(2, "little")
     else:
@@ -293,28 +300,33 @@ def _extend(rng: random.Random, data: bytes) -> bytes:
 
 def _payload_byte(rng: random.Random, data: bytes) -> bytes:
     """A payload byte changed and the CRC fixed: wrong bytes reach the entropy decoder."""
-    (length,) = struct.unpack_from("<H", data, 30)
-    if not length:
+    head, end = _payload_span(data)
+    if end <= head or end > len(data):
         return _set_field(rng, data)
-    i = _header_size(data) + rng.randrange(length)
+    i = rng.randrange(head, end)
     return fix_crc(data[:i] + bytes([data[i] ^ rng.randint(1, 255)]) + data[i + 1:])
 
 
 def _random_header(rng: random.Random, model_id: bytes) -> bytes:
     """A CRC-valid datagram with random fields (small pictures, mostly our model)."""
     keyed = rng.random() < 0.25
-    k = rng.randint(1, 64) if rng.random() < 0.8 else rng.randint(1, 0xFFFF)
-    n = min(0xFFFF, k + rng.randint(0, 16))
+    version = rng.choice((1, 2, 3))
+    top = 0xFF if version == 3 else 0xFFFF  # version 3 holds k and n in a byte
+    k = rng.randint(1, 64) if rng.random() < 0.8 else rng.randint(1, top)
+    n = min(top, k + rng.randint(0, 16))
     payload = rng.randbytes(rng.randint(0, 1100))
-    version = rng.choice((1, 2))
-    fields = struct.pack("<4sBBI8sHHBBHHHH", MAGIC, version,
-                         rng.randrange(8) | (8 if keyed else 0), rng.getrandbits(32),
-                         model_id if rng.random() < 0.7 else rng.randbytes(8),
-                         rng.randint(1, MAX_FUZZ_SIDE), rng.randint(1, MAX_FUZZ_SIDE),
-                         rng.randrange(256), rng.randint(0 if version == 2 else 1, 8),
-                         rng.randrange(n), k, n, len(payload))
+    common = (rng.randrange(8) | (8 if keyed else 0), rng.getrandbits(32),
+              model_id if rng.random() < 0.7 else rng.randbytes(8),
+              rng.randint(1, MAX_FUZZ_SIDE), rng.randint(1, MAX_FUZZ_SIDE),
+              rng.randrange(256), rng.randint(0 if version >= 2 else 1, 8), rng.randrange(n),
+              k, n)
+    total = rng.randint(1, 0xFFFF)
+    if version == 3:
+        fields = struct.pack("<4sBBI8sHHBBBBBHH", MAGIC, 3, *common, rng.randrange(total),
+                             total)
+    else:
+        fields = struct.pack("<4sBBI8sHHBBHHHH", MAGIC, version, *common, len(payload))
     if version == 2:
-        total = rng.randint(1, 0xFFFF)
         fields += struct.pack("<HH", rng.randrange(total), total)
     tail = rng.randbytes(TRAILER_SIZE) if keyed else b""
     return fix_crc(fields + bytes(4) + payload) + tail

@@ -175,7 +175,7 @@ def test_impossible_headers_are_refused_before_any_work(sent) -> None:
     p = sent.packets[0]
     col = Collector(five_stages, stage_tokens=tiny_tokens)
     huge = Packet(**{**p.__dict__, "width": 16, "height": 16, "k": 65535, "n": 65535,
-                     "index": 0})
+                     "index": 0, "wire_version": 2})  # version 3 cannot even say it
     more_chunks_than_tokens = Packet(**{**p.__dict__, "width": 16, "height": 16, "stage": 1,
                                         "k": 2, "n": 3, "index": 0})
     past_last_stage = Packet(**{**p.__dict__, "stage": 6})

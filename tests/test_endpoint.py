@@ -113,7 +113,7 @@ def test_a_byte_budget_picks_the_rate_point_with_the_parity() -> None:
     from resilient_tx.eval.metrics import psnr
 
     crop = load_rgb(sample_path())[:64, :96]
-    budgets, rates = [800, 1500], []
+    budgets, rates = [600, 1500], []
     for budget in budgets:
         sender = Sender(SenderConfig(budget=budget, fec="for_loss:0.2"), torch.device("cpu"),
                         quality=psnr)

@@ -14,6 +14,8 @@ from resilient_tx.resilience.packet import (
     DEFAULT_MAX_PACKET,
     HEADER_SIZE,
     HEADER_SIZE_V1,
+    HEADER_SIZE_V2,
+    HEADER_SIZES,
     KEYED_FLAG,
     MAGIC,
     TRAILER_SIZE,
@@ -24,16 +26,19 @@ from resilient_tx.resilience.packet import (
     max_payload,
 )
 
-FIELDS = struct.Struct("<4sBBI8sHHBBHHHH")
+FIELDS = struct.Struct("<4sBBI8sHHBBHHHH")  # versions 1 and 2, up to the payload length
+FIELDS_V3 = struct.Struct("<4sBBI8sHHBBBBBHH")  # version 3, up to the CRC
 EXAMPLES = settings(max_examples=100, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
 def packets(draw: st.DrawFn, max_payload_size: int = 256, keyed: bool = False) -> Packet:
-    k = draw(st.integers(1, 300))
-    n = draw(st.integers(k, 0xFFFF))
-    total = draw(st.one_of(st.none(), st.integers(1, 0xFFFF)))  # None: version 1
+    version = draw(st.sampled_from((1, 2, 3)))
+    top = 0xFF if version == 3 else 0xFFFF  # version 3 holds k and n in a byte
+    k = draw(st.integers(1, min(300, top)))
+    n = draw(st.integers(k, top))
+    total = None if version == 1 else draw(st.integers(1, 0xFFFF))
     seq = None if total is None else draw(st.integers(0, total - 1))
     return Packet(
         image_id=draw(st.integers(0, 0xFFFFFFFF)),
@@ -53,6 +58,7 @@ def packets(draw: st.DrawFn, max_payload_size: int = 256, keyed: bool = False) -
         if keyed else None,
         seq=seq,
         total=total,
+        wire_version=2 if version == 2 else None,
     )
 
 
@@ -79,7 +85,7 @@ def raw(values: dict[str, object], payload: bytes = b"xy", crc_ok: bool = True) 
 def test_round_trip(packet: Packet) -> None:
     data = bytes(packet)
     assert len(data) == packet.header_size + len(packet.payload) == packet.size
-    assert packet.header_size == (HEADER_SIZE_V1 if packet.seq is None else HEADER_SIZE)
+    assert packet.header_size == HEADER_SIZES[packet.version]
     assert data[4] == packet.version
     assert Packet.parse(data) == packet
     assert Packet.parse(bytearray(data)) == packet
@@ -98,9 +104,9 @@ def test_version_1_header_layout_is_36_bytes_with_every_field_in_place() -> None
 
 
 def test_version_2_header_adds_seq_and_total_before_the_crc() -> None:
-    packet = example(image_id=0x01020304, payload=b"abc", seq=5, total=0x0102)
+    packet = example(image_id=0x01020304, payload=b"abc", seq=5, total=0x0102, wire_version=2)
     data = bytes(packet)
-    assert HEADER_SIZE == 40 and VERSION == 2 and data[4] == 2
+    assert HEADER_SIZE_V2 == 40 and data[4] == 2
     assert FIELDS.unpack_from(data)[3:] == (0x01020304, bytes(range(8)), 768, 512, 1, 2, 3,
                                             4, 6, 3)
     assert struct.unpack_from("<HH", data, 32) == (5, 0x0102)
@@ -108,8 +114,26 @@ def test_version_2_header_adds_seq_and_total_before_the_crc() -> None:
     assert data[40:] == b"abc"
 
 
+def test_version_3_header_is_35_bytes_with_byte_sized_k_and_n_and_no_length() -> None:
+    packet = example(image_id=0x01020304, payload=b"abc", seq=5, total=0x0102)
+    data = bytes(packet)
+    assert HEADER_SIZE == 35 and VERSION == 3 and data[4] == 3 and packet.version == 3
+    assert FIELDS_V3.unpack_from(data)[3:] == (0x01020304, bytes(range(8)), 768, 512, 1, 2,
+                                               3, 4, 6, 5, 0x0102)
+    assert struct.unpack_from("<I", data, 31)[0] == zlib.crc32(data[:31] + b"abc")
+    assert data[35:] == b"abc" and len(data) == 38
+
+
+def test_version_3_cannot_hold_more_than_255_packets_in_a_stage() -> None:
+    with pytest.raises(InputError, match="n must be in"):
+        example(k=4, n=256, seq=0, total=1)
+    assert example(k=4, n=256, seq=0, total=1, wire_version=2).n == 256
+
+
 def test_seq_and_total_come_together_and_in_range() -> None:
-    for bad in (dict(seq=1), dict(total=3), dict(seq=3, total=3), dict(seq=0, total=0)):
+    for bad in (dict(seq=1), dict(total=3), dict(seq=3, total=3), dict(seq=0, total=0),
+                dict(wire_version=2), dict(seq=0, total=1, wire_version=1),
+                dict(seq=0, total=1, wire_version=3)):
         with pytest.raises(InputError):
             example(**bad)
     with pytest.raises(InputError, match="version 2"):
@@ -117,12 +141,23 @@ def test_seq_and_total_come_together_and_in_range() -> None:
     assert example(stage=0, seq=0, total=1).is_meta
 
 
-def test_a_version_2_header_with_seq_past_total_is_rejected() -> None:
-    data = bytearray(bytes(example(seq=1, total=2, payload=b"")))
-    struct.pack_into("<HH", data, 32, 2, 2)  # seq 2 of 2 packets
-    struct.pack_into("<I", data, 36, zlib.crc32(bytes(data[:36])))
+@pytest.mark.parametrize(("wire_version", "seq_at", "crc_at"), [(2, 32, 36), (None, 27, 31)])
+def test_a_header_with_seq_past_total_is_rejected(wire_version: int | None, seq_at: int,
+                                                  crc_at: int) -> None:
+    data = bytearray(bytes(example(seq=1, total=2, payload=b"", wire_version=wire_version)))
+    struct.pack_into("<HH", data, seq_at, 2, 2)  # seq 2 of 2 packets
+    struct.pack_into("<I", data, crc_at, zlib.crc32(bytes(data[:crc_at])))
     with pytest.raises(PacketError, match="seq 2 of 2"):
         Packet.parse(bytes(data))
+
+
+def test_a_version_3_datagram_shorter_than_its_header_and_trailer_is_rejected() -> None:
+    data = bytes(example(seq=0, total=1, payload=b"x" * 10))
+    keyed = bytearray(data)
+    keyed[5] |= KEYED_FLAG  # says a 32-byte trailer follows: 11 bytes cannot hold it
+    struct.pack_into("<I", keyed, 31, zlib.crc32(bytes(keyed[:31])))
+    with pytest.raises(PacketError, match="truncated"):
+        Packet.parse(bytes(keyed))
 
 
 def test_parity_flag_follows_index() -> None:
@@ -193,7 +228,7 @@ def test_mutations_raise_only_packet_error(packet: Packet,
     ("values", "message"),
     [
         ({"magic": b"RTXF"}, "bad magic"),
-        ({"version": 3}, "version"),
+        ({"version": 4}, "version"),
         ({"width": 0}, "image size"),
         ({"height": 0}, "image size"),
         ({"stage": 0}, "stage 0"),

@@ -186,4 +186,4 @@ def test_version_1_on_request_writes_no_positions_and_no_name(tmp_path, tiny_con
     assert all(p.seq is None and p.total is None and not p.is_meta for p in out.packets)
     assert all(bytes(p)[4] == 1 for p in out.packets)
     with pytest.raises(InputError, match="wire version"):
-        Packetizer(pk.codec, fec.get_profile("light"), wire_version=3)
+        Packetizer(pk.codec, fec.get_profile("light"), wire_version=4)

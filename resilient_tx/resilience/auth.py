@@ -35,9 +35,9 @@ from pathlib import Path
 
 from resilient_tx.errors import AuthenticationError, InputError, PacketError
 from resilient_tx.resilience.packet import (
-    HEADER_SIZE_V1,
     MAGIC,
     MAX_U64,
+    MIN_HEADER_SIZE,
     SENDER_ID_SIZE,
     TAG_SIZE,
     TRAILER_SIZE,
@@ -179,11 +179,11 @@ class Verifier:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise PacketError(f"not a packet (got {type(data).__name__}, expected bytes)")
         data = bytes(data)
-        if len(data) < HEADER_SIZE_V1 or not data.startswith(MAGIC):
+        if len(data) < MIN_HEADER_SIZE or not data.startswith(MAGIC):
             raise PacketError("not a packet (bad magic or truncated)")
         if not is_keyed(data):
             raise AuthenticationError("unauthenticated", "packet carries no tag")
-        if len(data) < HEADER_SIZE_V1 + TRAILER_SIZE:
+        if len(data) < MIN_HEADER_SIZE + TRAILER_SIZE:
             raise AuthenticationError("bad_tag", "truncated tag")
         if not hmac.compare_digest(self.key.tag(data[:-TAG_SIZE]), data[-TAG_SIZE:]):
             raise AuthenticationError("bad_tag", "tag mismatch (forged, or another key)")

@@ -2,11 +2,11 @@
 
 Every packet is self-describing, so a receiver can start decoding from whatever subset
 of packets arrives, in any order, without a session handshake. Layout (all integers
-little-endian; version 2, which this build writes, has :data:`HEADER_SIZE` = 40 bytes)::
+little-endian; version 3, which this build writes, has :data:`HEADER_SIZE` = 35 bytes)::
 
     offset  size  field
     0       4     magic "RTXP"
-    4       1     version (this build writes 2 and reads 1 and 2)
+    4       1     version (this build writes 3 and reads 1, 2 and 3)
     5       1     flags: bits 0-2 = context depth c (0: stage s is coded given all stages < s;
                   c > 0: given stages 1..min(s-1, c) only, see packetizer.py); bit 3 =
                   keyed (an authentication trailer follows the payload); others 0
@@ -15,18 +15,28 @@ little-endian; version 2, which this build writes, has :data:`HEADER_SIZE` = 40 
     18      2     image width u16
     20      2     image height u16
     22      1     rate point id u8
-    23      1     stage u8 (1-based quincunx stage; 0: the image's metadata, version 2)
-    24      2     chunk index u16 (0 <= index < n; index >= k means a parity shard)
-    26      2     k u16 = data chunks in the stage (k >= 1)
-    28      2     n u16 = packets in the stage (n >= k)
-    30      2     payload length u16
-    32      2     seq u16: the packet's position in its image's send order (version 2)
-    34      2     total u16: packets sent for the image, all stages (version 2)
-    36      4     CRC32 of bytes 0..35 followed by the payload
-    40      ...   payload
+    23      1     stage u8 (1-based quincunx stage; 0: the image's metadata)
+    24      1     chunk index u8 (0 <= index < n; index >= k means a parity shard)
+    25      1     k u8 = data chunks in the stage (k >= 1)
+    26      1     n u8 = packets in the stage (k <= n <= 255: one GF(256) codeword)
+    27      2     seq u16: the packet's position in its image's send order
+    29      2     total u16: packets sent for the image, all stages
+    31      4     CRC32 of bytes 0..30 followed by the payload
+    35      ...   payload: the rest of the datagram (less the trailer, if keyed)
     ...     32    keyed packets only (flag bit 3): the trailer, see :class:`Trailer`
 
-Version 1 (36 bytes) is the same without ``seq`` and ``total``: its CRC sits at offset 32
+Version 3 is version 2 made smaller, field for field the same information: chunk index,
+k and n shrink to one byte each (a stage is one Reed-Solomon codeword over GF(256), so
+none of them can pass 255), and the payload length goes, because a datagram (UDP, or a
+WebRTC data-channel message) keeps its own length. Small images are cut into small
+packets, and their heavily protected first stage into the smallest, so a header byte
+saved is worth more there than the arithmetic suggests.
+
+Version 2 (40 bytes) has u16 chunk index, k and n at offsets 24, 26 and 28, the payload
+length u16 at 30, seq and total at 32 and 34, and the CRC at 36 (over bytes 0..35 and the
+payload). ``Packet(..., wire_version=2)`` writes it byte for byte, for version-2 receivers.
+
+Version 1 (36 bytes) is version 2 without ``seq`` and ``total``: its CRC sits at offset 32
 and covers bytes 0..31 and the payload. A version-1 receiver counts the packets of only the
 stages it saw, so a stage lost whole went unreported; ``total`` makes the true loss known,
 and ``seq`` lets the receiver measure loss runs (bursts) for its feedback reports
@@ -35,10 +45,10 @@ the start and the end of the image) whose payload is the sender's file name, UTF
 most :data:`MAX_NAME_BYTES` bytes; it counts in ``total`` like any packet.
 ``Packet(seq=None, total=None)`` writes version 1 byte for byte, for old receivers.
 
-A keyed packet adds :data:`TRAILER_SIZE` bytes after the payload: sender id (8 bytes), sequence
-number u64 and a 16-byte tag; the payload length field still counts the payload only, and
-the CRC still covers the header fields and the payload. The tag is made and checked by
-:mod:`resilient_tx.resilience.auth`; this module only frames it.
+A keyed packet adds :data:`TRAILER_SIZE` bytes after the payload: sender id (8 bytes),
+sequence number u64 and a 16-byte tag; the payload length field (versions 1 and 2) still
+counts the payload only, and the CRC still covers the header fields and the payload. The
+tag is made and checked by :mod:`resilient_tx.resilience.auth`; this module only frames it.
 
 Width and height are u16, not u32 as in the ``.rtx`` container: they are repeated in
 every packet, and 4 bytes per packet buy nothing for images up to 65535 px a side.
@@ -63,14 +73,18 @@ from resilient_tx.config import DEFAULT_MAX_PACKET
 from resilient_tx.errors import InputError, PacketError
 
 MAGIC = b"RTXP"
-VERSION = 2  # written; 1 is still read (and written on request)
-VERSIONS = (1, 2)
+VERSION = 3  # written; 1 and 2 are still read (and written on request)
+VERSIONS = (1, 2, 3)
 MODEL_ID_SIZE = 8
-_FIELDS = struct.Struct("<4sBBI8sHHBBHHHH")
+_FIELDS = struct.Struct("<4sBBI8sHHBBHHHH")  # versions 1 and 2, up to the payload length
 _POSITION = struct.Struct("<HH")  # version 2: seq, total
+_FIELDS_V3 = struct.Struct("<4sBBI8sHHBBBBBHH")  # version 3, everything before the CRC
 _CRC = struct.Struct("<I")
 HEADER_SIZE_V1 = _FIELDS.size + _CRC.size
-HEADER_SIZE = _FIELDS.size + _POSITION.size + _CRC.size
+HEADER_SIZE_V2 = _FIELDS.size + _POSITION.size + _CRC.size
+HEADER_SIZE = _FIELDS_V3.size + _CRC.size
+MIN_HEADER_SIZE = min(HEADER_SIZE, HEADER_SIZE_V1, HEADER_SIZE_V2)
+HEADER_SIZES = {1: HEADER_SIZE_V1, 2: HEADER_SIZE_V2, 3: HEADER_SIZE}
 META_STAGE = 0  # version 2: the stage number of the image's metadata packets
 MAX_NAME_BYTES = 255
 KEYED_FLAG = 0x08  # flags bit 3: the packet ends with an authentication trailer
@@ -92,7 +106,8 @@ def max_payload(max_packet: int = DEFAULT_MAX_PACKET, header_size: int = HEADER_
     if max_packet <= header_size:
         raise InputError(f"max packet size {max_packet} leaves no room for a payload after "
                          f"the {header_size}-byte header")
-    # The u16 length field caps the payload whatever the path allows.
+    # A u16 caps the payload whatever the path allows: the length field of versions 1-2,
+    # and a UDP datagram (65507 bytes) is about as large.
     return min(max_packet - header_size, MAX_U16)
 
 
@@ -145,8 +160,11 @@ class Packet:
     payload: bytes
     flags: int = 0  # the header byte without KEYED_FLAG, which ``trailer`` stands for
     trailer: Trailer | None = None
-    seq: int | None = None  # version 2: position in the image's send order (None: version 1)
-    total: int | None = None  # version 2: packets sent for the image
+    seq: int | None = None  # position in the image's send order (None: version 1)
+    total: int | None = None  # packets sent for the image (None: version 1)
+    # The layout to write with ``seq`` and ``total``: None for this build's (version 3), 2
+    # for a version-2 receiver; version 1 is chosen by leaving ``seq`` and ``total`` out.
+    wire_version: int | None = None
 
     def __post_init__(self) -> None:
         # Programmer errors at construction: a sender must never build an unencodable packet.
@@ -159,8 +177,10 @@ class Packet:
         _check_int("height", self.height, 1, MAX_U16)
         _check_int("rate_point", self.rate_point, 0, MAX_U8)
         _check_int("stage", self.stage, 0, MAX_U8)
+        self._check_position()  # before k and n: it settles the version their range needs
         _check_int("k", self.k, 1, MAX_U16)
-        _check_int("n", self.n, self.k, MAX_U16)
+        # Version 3 holds n in a byte: one GF(256) codeword per stage, as the FEC needs.
+        _check_int("n", self.n, self.k, MAX_U8 if self.version == 3 else MAX_U16)
         _check_int("index", self.index, 0, self.n - 1)
         _check_int("flags", self.flags, 0, MAX_U8)
         if self.flags & KEYED_FLAG:
@@ -168,30 +188,36 @@ class Packet:
         if self.trailer is not None and not isinstance(self.trailer, Trailer):
             raise InputError(f"trailer must be a Trailer, got {type(self.trailer).__name__}")
         _check_int("payload length", len(self.payload), 0, MAX_U16)
-        self._check_position()
 
     def _check_position(self) -> None:
+        if self.wire_version not in (None, 2):
+            raise InputError(f"wire_version must be None (version {VERSION}) or 2, got "
+                             f"{self.wire_version!r}")
         if (self.seq is None) != (self.total is None):
-            raise InputError("seq and total come together (version 2) or not at all")
+            raise InputError("seq and total come together (version 2 and later) or not at all")
         if self.seq is None or self.total is None:
+            if self.wire_version is not None:
+                raise InputError("a version-2 packet needs seq and total")
             if self.stage == META_STAGE:
-                raise InputError("metadata packets (stage 0) exist in version 2 only")
+                raise InputError("metadata packets (stage 0) exist from version 2 on")
             return
         _check_int("total", self.total, 1, MAX_U16)
         _check_int("seq", self.seq, 0, self.total - 1)
 
     @property
     def version(self) -> int:
-        """1 without ``seq``/``total``, else 2."""
-        return 1 if self.seq is None else 2
+        """The layout written: 1 without ``seq``/``total``, else ``wire_version`` or 3."""
+        if self.seq is None:
+            return 1
+        return VERSION if self.wire_version is None else self.wire_version
 
     @property
     def header_size(self) -> int:
-        return HEADER_SIZE_V1 if self.seq is None else HEADER_SIZE
+        return HEADER_SIZES[self.version]
 
     @property
     def is_meta(self) -> bool:
-        """A version-2 metadata packet (the sender's file name), not a stage's shard."""
+        """A metadata packet (the sender's file name), not a stage's shard."""
         return self.stage == META_STAGE
 
     @property
@@ -207,9 +233,11 @@ class Packet:
 
     def _fields(self) -> bytes:
         flags = self.flags | (0 if self.trailer is None else KEYED_FLAG)
-        head = _FIELDS.pack(MAGIC, self.version, flags, self.image_id, self.model_id,
-                            self.width, self.height, self.rate_point, self.stage,
-                            self.index, self.k, self.n, len(self.payload))
+        common = (self.image_id, self.model_id, self.width, self.height, self.rate_point,
+                  self.stage, self.index, self.k, self.n)
+        if self.version == 3:
+            return _FIELDS_V3.pack(MAGIC, 3, flags, *common, self.seq, self.total)
+        head = _FIELDS.pack(MAGIC, self.version, flags, *common, len(self.payload))
         if self.seq is None or self.total is None:
             return head
         return head + _POSITION.pack(self.seq, self.total)
@@ -230,21 +258,27 @@ class Packet:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise PacketError(f"not a packet (got {type(data).__name__}, expected bytes)")
         data = bytes(data)
-        head, end = _check_framing(data)
-        (_magic, version, flags, image_id, model_id, width, height, rate_point, stage,
-         index, k, n, _length) = _FIELDS.unpack_from(data)
+        version, head, end = _check_framing(data)
+        seq: int | None = None
+        total: int | None = None
+        if version == 3:
+            (_magic, _version, flags, image_id, model_id, width, height, rate_point, stage,
+             index, k, n, seq, total) = _FIELDS_V3.unpack_from(data)
+        else:
+            (_magic, _version, flags, image_id, model_id, width, height, rate_point, stage,
+             index, k, n, _length) = _FIELDS.unpack_from(data)
+            if version == 2:
+                seq, total = _POSITION.unpack_from(data, _FIELDS.size)
         (crc,) = _CRC.unpack_from(data, head - _CRC.size)
         payload = data[head:end]
         if zlib.crc32(payload, zlib.crc32(data[: head - _CRC.size])) & MAX_U32 != crc:
             raise PacketError("corrupted packet (CRC mismatch)")
-        seq = total = None
-        if version == 2:
-            seq, total = _POSITION.unpack_from(data, _FIELDS.size)
         _check_consistent(width, height, stage, index, k, n, seq, total)
         trailer = Trailer.parse(data[end:]) if flags & KEYED_FLAG else None
         try:
             return cls(image_id, model_id, width, height, rate_point, stage, index, k, n,
-                       payload, flags & ~KEYED_FLAG, trailer, seq, total)
+                       payload, flags & ~KEYED_FLAG, trailer, seq, total,
+                       2 if version == 2 else None)
         except InputError as exc:  # unreachable after the checks above; keeps the contract
             raise PacketError(f"inconsistent packet ({exc})") from exc
 
@@ -254,26 +288,39 @@ def is_keyed(data: bytes) -> bool:
     return len(data) > 5 and bool(data[5] & KEYED_FLAG)
 
 
-def _check_framing(data: bytes) -> tuple[int, int]:
+def header_size_of(data: bytes) -> int | None:
+    """The header size the datagram's version byte announces; None for a version this
+    build does not read (or a datagram too short to say)."""
+    return HEADER_SIZES.get(data[4]) if len(data) > 4 else None
+
+
+def _check_framing(data: bytes) -> tuple[int, int, int]:
     """Magic, version and lengths: everything needed before the CRC can be checked.
 
-    Returns (header size, where the payload ends); the trailer, if any, follows."""
+    Returns (version, header size, where the payload ends); the trailer, if any, follows."""
     if not data.startswith(MAGIC[: len(data)]):
         raise PacketError("not a packet (bad magic)")
-    if len(data) < HEADER_SIZE_V1:
-        raise PacketError(f"truncated packet ({len(data)} bytes, header is {HEADER_SIZE_V1}"
-                          f" or {HEADER_SIZE})")
-    fields = _FIELDS.unpack_from(data)
-    if fields[1] not in VERSIONS:
-        raise PacketError(f"unsupported packet version {fields[1]} (this build reads "
-                          f"{' and '.join(map(str, VERSIONS))})")
-    head = HEADER_SIZE_V1 if fields[1] == 1 else HEADER_SIZE
-    length = fields[-1]
-    extra = TRAILER_SIZE if fields[2] & KEYED_FLAG else 0
+    if len(data) < MIN_HEADER_SIZE:
+        raise PacketError(f"truncated packet ({len(data)} bytes, the shortest header is "
+                          f"{MIN_HEADER_SIZE})")
+    version, flags = data[4], data[5]
+    head = header_size_of(data)
+    if head is None:
+        raise PacketError(f"unsupported packet version {version} (this build reads "
+                          f"{', '.join(map(str, VERSIONS))})")
+    extra = TRAILER_SIZE if flags & KEYED_FLAG else 0
+    if version == 3:  # no length field: the payload is what the datagram holds
+        if len(data) < head + extra:
+            raise PacketError(f"truncated packet ({len(data)} bytes, header"
+                              f"{' and trailer are' if extra else ' is'} {head + extra})")
+        return version, head, len(data) - extra
+    if len(data) < head:
+        raise PacketError(f"truncated packet ({len(data)} bytes, header is {head})")
+    length = _FIELDS.unpack_from(data)[-1]
     if len(data) != head + length + extra:
         raise PacketError(f"payload length mismatch (header says {length}"
                           f"{' + trailer' if extra else ''}, got {len(data) - head})")
-    return head, head + length
+    return version, head, head + length
 
 
 def _check_consistent(width: int, height: int, stage: int, index: int, k: int, n: int,

@@ -26,10 +26,11 @@ from resilient_tx.errors import InputError
 from resilient_tx.resilience import fec, uep
 from resilient_tx.resilience.packet import (
     HEADER_SIZE,
-    HEADER_SIZE_V1,
+    HEADER_SIZES,
     MAX_NAME_BYTES,
     MAX_U16,
     META_STAGE,
+    VERSION,
     VERSIONS,
     Packet,
     max_payload,
@@ -116,16 +117,19 @@ def name_payload(name: str) -> bytes:
     return raw.decode("utf-8", "ignore").encode("utf-8")
 
 
-def with_positions(packets: tuple[Packet, ...], meta: Packet | None) -> tuple[Packet, ...]:
-    """Version 2: the metadata packet first and last (two copies), and every packet's
-    ``seq`` (its place in this order) and ``total``."""
+def with_positions(packets: tuple[Packet, ...], meta: Packet | None,
+                   wire_version: int = VERSION) -> tuple[Packet, ...]:
+    """Versions 2 and 3: the metadata packet first and last (two copies), and every
+    packet's ``seq`` (its place in this order) and ``total``."""
     order = list(packets)
     if meta is not None:
         order = [meta, *order, dataclasses.replace(meta, index=1)]
     total = len(order)
     if total > MAX_U16:
         raise InputError(f"{total} packets for one image; at most {MAX_U16} fit the header")
-    return tuple(dataclasses.replace(p, seq=i, total=total) for i, p in enumerate(order))
+    layout = None if wire_version == VERSION else wire_version
+    return tuple(dataclasses.replace(p, seq=i, total=total, wire_version=layout)
+                 for i, p in enumerate(order))
 
 
 def spread_stages(stages: list[list[Packet]]) -> tuple[Packet, ...]:
@@ -148,7 +152,7 @@ class Packetizer:
     def __init__(self, codec: Codec, profile: fec.FecProfile, rate_point: int = 0,
                  max_packet: int = DEFAULT_MAX_PACKET, min_chunks: int = 1,
                  context_depth: int = SenderConfig.context_depth,
-                 effort: int = SenderConfig.effort, wire_version: int = 2,
+                 effort: int = SenderConfig.effort, wire_version: int = VERSION,
                  extra_bytes: int = 0) -> None:
         if min_chunks < 1:
             raise InputError(f"min_chunks must be >= 1, got {min_chunks}")
@@ -158,7 +162,7 @@ class Packetizer:
         # Bytes each packet gains after packetizing (a signature trailer): the planner
         # counts them as rate.
         self.extra_bytes = extra_bytes
-        self.header_size = HEADER_SIZE_V1 if wire_version == 1 else HEADER_SIZE
+        self.header_size = HEADER_SIZES[wire_version]
         self.context_depth = check_depth(context_depth)
         self.effort = check_effort(effort)  # encoder refinement steps per image
         self.codec = codec
@@ -172,7 +176,7 @@ class Packetizer:
 
     def packetize(self, image: np.ndarray, image_id: int,
                   name: str | None = None) -> PacketizedImage:
-        """Encode, cut, protect and order one image's packets; ``name`` (version 2 only)
+        """Encode, cut, protect and order one image's packets; ``name`` (version 2 on)
         travels in two metadata packets so the receiver can name its file after it."""
         height, width = image.shape[:2]
         if width > MAX_U16 or height > MAX_U16:
@@ -190,7 +194,7 @@ class Packetizer:
                                  for plan in plans])
         if self.wire_version >= 2:
             meta = None if not name else self._meta_packet(name, image_id, width, height)
-            packets = with_positions(packets, meta)
+            packets = with_positions(packets, meta, self.wire_version)
         return PacketizedImage(image_id, width, height, packets, plans, tokens)
 
     def meta_bytes(self, name: str | None) -> int:

@@ -65,9 +65,9 @@ class ImageAssembler:
         self.width, self.height = first.width, first.height
         self.rate_point = first.rate_point
         self.flags = first.flags
-        self.total = first.total  # version 2: packets the sender sent (None: version 1)
+        self.total = first.total  # packets the sender sent (None: version 1)
         self.stages: dict[int, _Stage] = {}
-        self.name: bytes | None = None  # version 2: the sender's file name, as sent
+        self.name: bytes | None = None  # the sender's file name, as sent (version 2 on)
         self._meta: set[int] = set()
         self.bytes_received = 0
         self.rejected = 0
@@ -112,8 +112,8 @@ class ImageAssembler:
 
     @property
     def packets_sent(self) -> int:
-        """Packets the sender sent for this image: announced in every version-2 packet;
-        for version 1, only those of the stages seen (a stage lost whole is missed)."""
+        """Packets the sender sent for this image: announced in every packet from version 2
+        on; for version 1, only those of the stages seen (a stage lost whole is missed)."""
         if self.total is not None:
             return self.total
         return sum(st.n for st in self.stages.values())
