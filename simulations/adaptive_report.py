@@ -1,7 +1,8 @@
-"""The adaptive sweep's outputs: its JSON and CSV files and its plot.
+"""The adaptive sweep's strategy names, summary, targets, output files and plot.
 
-Kept apart from :mod:`simulations.adaptive_sweep`, which runs the sequence and sums it up;
-these only read its per-frame results and scenarios.
+Kept apart from :mod:`simulations.adaptive_sweep`, which runs the sequences; these only
+read its per-frame results and scenarios. The strategy names live here because both the
+runner and the summary tell the strategies apart by them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,157 @@ from resilient_tx.resilience.adaptive import AUTO
 if TYPE_CHECKING:
     from simulations.adaptive_sweep import FrameResult, Scenario
 
+ORACLE = "oracle"
+FILE_CODECS = {"avif": "AVIF", "webp": "WEBP"}  # strategy -> classical codec
+AT = "@"  # auto@SPEC: auto within the mean bytes per frame that strategy SPEC spent
+BUDGETED = f"{AUTO}{AT}for_loss:0.1"  # auto at the bytes of the cheaper fixed plan
+STRATEGIES = (AUTO, "for_loss:0.1", BUDGETED, "for_loss:0.5", ORACLE, *FILE_CODECS)
+LOW_PSNR = 20.0  # a frame below this many dB counts as failed
+TOLERANCE = 0.05  # auto's estimate has caught up with a step once this close to the rate
 
+
+def budget_source(strategy: str) -> str | None:
+    """SPEC of ``auto@SPEC``, whose mean bytes per frame it spends; None for the rest."""
+    head, at, spec = strategy.partition(AT)
+    return spec if at and head == AUTO else None
+
+
+def adaptive(strategy: str) -> bool:
+    """Whether the strategy plans from the receiver's reports (its frames have estimates)."""
+    return strategy == AUTO or budget_source(strategy) is not None
+
+
+# ----------------------------------------------------------------------------- summary
+def summarise(results: Sequence[FrameResult]) -> list[dict[str, Any]]:
+    """One row per (channel, strategy) over every frame and trial."""
+    groups: dict[tuple[str, str], list[FrameResult]] = defaultdict(list)
+    for r in results:
+        groups[(r.channel, r.strategy)].append(r)
+    rows = []
+    for (ch, st), rs in groups.items():
+        psnr = np.array([r.psnr for r in rs])
+        trials = len({r.trial for r in rs})
+        bpp = float(np.mean([r.wire_bpp for r in rs]))
+        row: dict[str, Any] = {
+            "channel": ch, "strategy": st, "frames": len(rs), "trials": trials,
+            "mean_psnr": float(psnr.mean()), "p5_psnr": float(np.percentile(psnr, 5)),
+            "below_20db": float(np.mean(psnr < LOW_PSNR)),
+            "bytes_per_sequence": sum(r.bytes for r in rs) / trials, "wire_bpp": bpp,
+            "psnr_per_bpp": float(psnr.mean()) / bpp if bpp else float("nan")}
+        for seg in sorted({r.segment for r in rs}):
+            of = [r for r in rs if r.segment == seg]
+            row[f"seg{seg + 1}_psnr"] = float(np.mean([r.psnr for r in of]))
+            if adaptive(st):
+                row[f"seg{seg + 1}_estimate"] = float(np.mean([r.est_loss for r in of]))
+        if adaptive(st):
+            row["estimate_lag"] = estimate_lags(rs)
+        rows.append(row)
+    return rows
+
+
+def estimate_lags(auto: Sequence[FrameResult]) -> list[int | None]:
+    """Per segment, the frames from its start until an adaptive strategy's estimate
+    (averaged over the trials) is within :data:`TOLERANCE` of the segment's loss; None: it
+    never got there."""
+    est: dict[int, list[float]] = defaultdict(list)
+    for r in auto:
+        if r.est_loss is not None:
+            est[r.frame].append(r.est_loss)
+    lags: list[int | None] = []
+    for seg in sorted({r.segment for r in auto}):
+        frames = sorted({(r.frame, r.true_loss) for r in auto if r.segment == seg})
+        first = frames[0][0]
+        lags.append(next((f - first for f, p in frames
+                          if abs(np.mean(est[f]) - p) <= TOLERANCE), None))
+    return lags
+
+
+def print_table(rows: Sequence[dict[str, Any]], steps: Sequence[float]) -> None:
+    segs = "".join(f"{f'@{p:g}':>8}" for p in steps)
+    wide = max([12, *(len(r["strategy"]) for r in rows)]) + 2  # auto@SPEC is long
+    hdr = (f"{'channel':<10}{'strategy':<{wide}}{'PSNR':>7}{'p5':>7}{'<20dB':>7}{'kB/seq':>9}"
+           f"{'bpp':>7}{'dB/bpp':>8}{segs}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        per_seg = "".join(f"{r.get(f'seg{i + 1}_psnr', float('nan')):>8.2f}"
+                          for i in range(len(steps)))
+        print(f"{r['channel']:<10}{r['strategy']:<{wide}}{r['mean_psnr']:>7.2f}{r['p5_psnr']:>7.2f}"
+              f"{r['below_20db']:>7.1%}{r['bytes_per_sequence'] / 1000:>9.1f}"
+              f"{r['wire_bpp']:>7.3f}{r['psnr_per_bpp']:>8.1f}{per_seg}")
+    for r in (r for r in rows if adaptive(r["strategy"])):
+        est = ", ".join(f"{p:g} -> {r[f'seg{i + 1}_estimate']:.3f} (lag {lag})"
+                        for i, (p, lag) in enumerate(zip(steps, r["estimate_lag"], strict=True)))
+        print(f"{r['strategy']}'s estimate, {r['channel']}: true loss -> mean planned estimate per "
+              f"segment (frames until within {TOLERANCE:g}; None: never): {est}")
+    print(f"PSNR: mean over frames and trials; p5: 5th percentile; <20dB: share of frames "
+          f"below {LOW_PSNR:g} dB; kB/seq: wire kB per sequence; dB/bpp: mean PSNR / mean "
+          "wire bpp; @P: mean PSNR of the segment at loss P; auto@SPEC: auto within the "
+          "mean bytes per frame SPEC spent.")
+
+
+def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The targets, per channel, each said met or MISSED (with the numbers)."""
+    by = {(r["channel"], r["strategy"]): r for r in rows}
+    out = []
+    for ch in dict.fromkeys(r["channel"] for r in rows):
+        checks = _auto_checks(by, ch) + _budget_checks(by, ch)
+        out += [f"{ch}: {'met   ' if ok else 'MISSED'} {text}" for ok, text in checks]
+    return out
+
+
+Check = tuple[bool, str]  # met, and the numbers that say so
+Rows = dict[tuple[str, str], dict[str, Any]]  # (channel, strategy) -> summary row
+
+
+def _fixed(by: Rows, ch: str) -> list[str]:
+    return [k for (c, k) in by if c == ch and k.startswith("for_loss")]
+
+
+def _auto_checks(by: Rows, ch: str) -> list[Check]:
+    """``auto`` against the oracle, the fixed plans and the classical files."""
+    auto = by.get((ch, AUTO))
+    if auto is None:
+        return []
+    checks: list[Check] = []
+    if (o := by.get((ch, ORACLE))) is not None:
+        gap = auto["mean_psnr"] - o["mean_psnr"]
+        ratio = auto["bytes_per_sequence"] / o["bytes_per_sequence"]
+        checks.append((gap >= -0.5 and ratio <= 1.0, f"auto - oracle mean PSNR {gap:+.2f} "
+                       f"dB at {ratio:.2f}x its bytes (target >= -0.5 dB at <= 1x)"))
+    for st in _fixed(by, ch):
+        f = by[(ch, st)]
+        checks.append((auto["psnr_per_bpp"] > f["psnr_per_bpp"],
+                       f"dB/bpp auto {auto['psnr_per_bpp']:.1f} vs {st} {f['psnr_per_bpp']:.1f}"))
+    for st in FILE_CODECS:
+        if (c := by.get((ch, st))) is not None:
+            checks.append((auto["p5_psnr"] > c["p5_psnr"], f"p5 PSNR auto "
+                           f"{auto['p5_psnr']:.2f} vs {st} {c['p5_psnr']:.2f}"))
+            checks.append((auto["mean_psnr"] >= c["mean_psnr"], f"mean PSNR auto "
+                           f"{auto['mean_psnr']:.2f} vs {st} {c['mean_psnr']:.2f}"))
+    return checks
+
+
+def _budget_checks(by: Rows, ch: str) -> list[Check]:
+    """Each ``auto@SPEC`` against SPEC at (about) SPEC's bytes: mean and p5 PSNR, and
+    dB/bpp against every fixed plan (the target plain auto misses by spending more)."""
+    checks: list[Check] = []
+    for (c, st), me in by.items():
+        src = budget_source(st)
+        if c != ch or not src or (s := by.get((ch, src))) is None:
+            continue
+        ratio = me["bytes_per_sequence"] / s["bytes_per_sequence"]
+        for key, what in (("mean_psnr", "mean PSNR"), ("p5_psnr", "p5 PSNR")):
+            checks.append((me[key] > s[key], f"{what} {st} {me[key]:.2f} vs {src} "
+                           f"{s[key]:.2f} at {ratio:.2f}x its bytes"))
+        for fx in _fixed(by, ch):
+            f = by[(ch, fx)]
+            checks.append((me["psnr_per_bpp"] > f["psnr_per_bpp"], f"dB/bpp {st} "
+                           f"{me['psnr_per_bpp']:.1f} vs {fx} {f['psnr_per_bpp']:.1f}"))
+    return checks
+
+
+# ----------------------------------------------------------------------------- outputs
 def write_outputs(out: Path, args: dict[str, Any], rows: list[dict[str, Any]],
                   results: Sequence[FrameResult]) -> None:
     """adaptive_sweep.json (everything), adaptive_sweep.csv (frames), adaptive_summary.csv."""
@@ -38,7 +189,7 @@ def write_outputs(out: Path, args: dict[str, Any], rows: list[dict[str, Any]],
 
 def plot(out: Path, results: Sequence[FrameResult], scs: Sequence[Scenario]) -> Path:
     """PSNR per frame of every strategy (mean over trials), with the true loss and auto's
-    estimate on a second axis; one panel per channel."""
+    estimate (else an ``auto@SPEC``'s) on a second axis; one panel per channel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,9 +207,12 @@ def plot(out: Path, results: Sequence[FrameResult], scs: Sequence[Scenario]) -> 
         frames = range(sc.frames)
         twin.step(frames, [sc.loss(i) for i in frames], where="mid", color="k", ls="--",
                   label="true loss")
-        est = _per_frame(mine, AUTO, "est_loss")
+        # One estimate is enough to see the lag: auto's, else the first adaptive strategy's.
+        first = next((st for st in dict.fromkeys(r.strategy for r in mine) if adaptive(st)),
+                     None)
+        est = {} if first is None else _per_frame(mine, first, "est_loss")
         if est:
-            twin.plot(list(est), list(est.values()), "k:", label="auto's estimate")
+            twin.plot(list(est), list(est.values()), "k:", label=f"{first}'s estimate")
         twin.set(ylabel="loss rate", ylim=(0, 1))
         (h1, l1), (h2, l2) = ax.get_legend_handles_labels(), twin.get_legend_handles_labels()
         ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left", bbox_to_anchor=(1.07, 1.0))

@@ -17,20 +17,29 @@ packet, and reports are paced every :data:`REPORT_INTERVAL`. A frame's channel s
 depends only on (``--seed``, frame, trial), so every strategy meets the same losses.
 
 Strategies: ``auto`` (the default sender, planning for the loss its receiver reports);
-fixed plans ``for_loss:P[,burst:L]`` (default 0.1 and 0.5); ``oracle``, planned for the
-true loss of the frame's segment (``,burst:L`` under Gilbert loss); and the classical
-``avif`` and ``webp``: the file at the bytes ``auto`` spent on the frame, with Reed-Solomon
-parity across it planned once for the scenario's average loss
-(:func:`~resilient_tx.eval.file_fec.tuned_for_loss`), sent with the same seeds.
+fixed plans ``for_loss:P[,burst:L]`` (default 0.1 and 0.5); ``auto@SPEC`` (default
+:data:`~simulations.adaptive_report.BUDGETED`, ``auto@for_loss:0.1``): ``auto`` within a
+constant byte budget per frame, the mean wire bytes per frame that strategy SPEC spent in
+the same channel and trial, choosing the rate point together with the parity
+(``SenderConfig(budget=...)``, PSNR as the quality), so it is compared with SPEC at equal
+bytes; ``oracle``, planned for the true loss of the frame's segment (``,burst:L`` under
+Gilbert loss); and the classical ``avif`` and ``webp``: the file at the bytes ``auto``
+spent on the frame, with Reed-Solomon parity across it planned once for the scenario's
+average loss (:func:`~resilient_tx.eval.file_fec.tuned_for_loss`), sent with the same
+seeds.
 
 Each (channel, trial, strategy) sequence is appended to ``OUT/runs.jsonl`` when done, so
-``--resume`` (with the journal's settings) skips it. At the end: a table (mean and
-5th-percentile PSNR, share of frames below :data:`LOW_PSNR` dB, bytes, wire bpp, PSNR per
-wire bpp, PSNR per segment), ``auto``'s estimate against the true loss, the targets met
-or missed, ``adaptive_sweep.json``, ``adaptive_sweep.csv`` (every frame),
+``--resume`` (with the journal's settings) skips it. At the end
+(:mod:`simulations.adaptive_report`): a table (mean and 5th-percentile PSNR, share of
+frames below :data:`~simulations.adaptive_report.LOW_PSNR` dB, bytes, wire bpp, PSNR per
+wire bpp, PSNR per segment), each adaptive strategy's estimate against the true loss, the
+targets met or missed (``auto`` against the oracle, the fixed plans and the files; each
+``auto@SPEC`` against SPEC at SPEC's bytes, and against the fixed plans on PSNR per wire
+bpp), ``adaptive_sweep.json``, ``adaptive_sweep.csv`` (every frame),
 ``adaptive_summary.csv`` and ``adaptive_sweep.png`` (PSNR per frame, true loss, estimate).
 
     python simulations/adaptive_sweep.py --quick
+    python simulations/adaptive_sweep.py --quick --strategies for_loss:0.1 auto@for_loss:0.1
     python simulations/adaptive_sweep.py --inpainter neighbor --feedback-delay 1
     python simulations/adaptive_sweep.py --strategies auto --forgetting 0.98
 """
@@ -69,19 +78,24 @@ from resilient_tx.resilience.feedback import FeedbackHub  # noqa: E402
 from resilient_tx.runtime import resolve_device, set_threads  # noqa: E402
 from resilient_tx.transport.channel import ChannelConfig, transmit  # noqa: E402
 from resilient_tx.zoo.registry import get_model  # noqa: E402
-from simulations.adaptive_report import plot, write_outputs  # noqa: E402
+from simulations.adaptive_report import (  # noqa: E402
+    FILE_CODECS,
+    ORACLE,
+    STRATEGIES,
+    budget_source,
+    plot,
+    print_table,
+    summarise,
+    verdicts,
+    write_outputs,
+)
 from simulations.sim_common import SAMPLES, fail, image_files, plain, shared_data  # noqa: E402
 
 PROG = "adaptive_sweep.py"
-ORACLE = "oracle"
-FILE_CODECS = {"avif": "AVIF", "webp": "WEBP"}  # strategy -> classical codec
-STRATEGIES = (AUTO, "for_loss:0.1", "for_loss:0.5", ORACLE, *FILE_CODECS)
 PACKET_GAP = 0.001  # seconds between two packets of a frame on the simulated clock
 DEADLINE = 0.2  # seconds after its last packet that an incomplete image is released
 REPORT_INTERVAL = 0.1  # the receiver's report pacing
 PEER = "sender"  # the one sender's address, as the collector and the hub key it
-LOW_PSNR = 20.0  # a frame below this many dB counts as failed
-TOLERANCE = 0.05  # auto's estimate has caught up with a step once this close to the rate
 JOURNAL = "runs.jsonl"
 RUNTIME = ("resume", "quiet", "threads", "device", "out")  # never compared on --resume
 UnitKey = tuple[str, int, str]  # channel (loss model), trial, strategy
@@ -170,9 +184,10 @@ class FrameResult:
     wire_bpp: float
     psnr: float
     fec: str  # the profile sent with (file baselines: codec, quality, k + parity)
-    est_loss: float | None = None  # auto: the estimate this frame was planned with
+    est_loss: float | None = None  # auto, auto@SPEC: the estimate this frame was planned with
     est_burst: float | None = None
     inpainted: float | None = None  # ours: share of the tokens left to the inpainter
+    rate: str | None = None  # ours: the rate point sent (auto@SPEC chooses it per frame)
 
 
 @dataclass
@@ -222,14 +237,26 @@ def _returned(reports: list[bytes], s: Setup, frame: int, trial: int) -> list[by
     return [r for r in reports if rng.random() >= s.args.feedback_loss]
 
 
-def run_ours(s: Setup, sc: Scenario, strategy: str, trial: int, bar: tqdm) -> list[FrameResult]:
-    """One sequence of the sender in closed loop with its receiver."""
-    spec = sc.oracle_spec(0) if strategy == ORACLE else strategy
-    cfg = SenderConfig(rate=s.args.rate, fec=spec, max_packet=s.args.max_packet)
-    sender = Sender(cfg, s.device)
-    if strategy == AUTO and s.args.forgetting is not None:  # an experiment: another memory
+def _sender(s: Setup, sc: Scenario, strategy: str, budget: int | None) -> Sender:
+    """The strategy's sender; with a byte budget it picks each frame's rate point by the
+    PSNR it expects after loss (as ``resilient-tx send --budget`` does)."""
+    if strategy == ORACLE:
+        spec = sc.oracle_spec(0)
+    else:
+        spec = AUTO if budget_source(strategy) is not None else strategy
+    cfg = SenderConfig(rate=s.args.rate, fec=spec, max_packet=s.args.max_packet, budget=budget)
+    sender = Sender(cfg, s.device, quality=None if budget is None else metrics.psnr)
+    if spec == AUTO and s.args.forgetting is not None:  # an experiment: another memory
         sender.planner = AdaptivePlanner(AUTO, estimator=LossEstimator(
             forgetting=s.args.forgetting))
+    return sender
+
+
+def run_ours(s: Setup, sc: Scenario, strategy: str, trial: int, bar: tqdm,
+             budget: int | None = None) -> list[FrameResult]:
+    """One sequence of the sender in closed loop with its receiver, each frame within
+    ``budget`` wire bytes if given."""
+    sender = _sender(s, sc, strategy, budget)
     hub = FeedbackHub(REPORT_INTERVAL)
     collector = Collector(s.receiver.stage_count, deadline=DEADLINE,
                           stage_tokens=s.receiver.stage_tokens, feedback=hub)
@@ -269,7 +296,8 @@ def _ours_result(s: Setup, sc: Scenario, strategy: str, trial: int, i: int, send
                        len(datagrams), nbytes, metrics.bpp(nbytes, w, h),
                        metrics.psnr(img, picture), "" if plan is None else plan.fec,
                        None if est is None else est.loss_rate,
-                       None if est is None else est.burst, inpainted)
+                       None if est is None else est.burst, inpainted,
+                       None if plan is None else plan.rate)
 
 
 def run_file(s: Setup, sc: Scenario, strategy: str, trial: int, budgets: Sequence[int],
@@ -299,8 +327,10 @@ def run_file(s: Setup, sc: Scenario, strategy: str, trial: int, budgets: Sequenc
 
 # ----------------------------------------------------------------------------- journal
 def _units(args: argparse.Namespace) -> list[tuple[Scenario, int, str]]:
-    """Every unit, in order: ``auto`` first, since the file baselines spend its bytes."""
-    order = sorted(args.strategies, key=lambda st: st in FILE_CODECS)
+    """Every unit, in order: the strategies whose bytes others spend first (``auto`` for
+    the file baselines, SPEC for ``auto@SPEC``), then ``auto@SPEC``, then the files."""
+    order = sorted(args.strategies,
+                   key=lambda st: 2 if st in FILE_CODECS else int(budget_source(st) is not None))
     return [(sc, t, st) for sc in scenarios(args) for t in range(args.trials) for st in order]
 
 
@@ -346,101 +376,6 @@ def append_unit(path: Path, key: UnitKey, frames: list[FrameResult]) -> None:
         fh.write(_unit_line(key, frames))
 
 
-# ----------------------------------------------------------------------------- summary
-def summarise(results: Sequence[FrameResult]) -> list[dict[str, Any]]:
-    """One row per (channel, strategy) over every frame and trial."""
-    groups: dict[tuple[str, str], list[FrameResult]] = defaultdict(list)
-    for r in results:
-        groups[(r.channel, r.strategy)].append(r)
-    rows = []
-    for (ch, st), rs in groups.items():
-        psnr = np.array([r.psnr for r in rs])
-        trials = len({r.trial for r in rs})
-        bpp = float(np.mean([r.wire_bpp for r in rs]))
-        row: dict[str, Any] = {
-            "channel": ch, "strategy": st, "frames": len(rs), "trials": trials,
-            "mean_psnr": float(psnr.mean()), "p5_psnr": float(np.percentile(psnr, 5)),
-            "below_20db": float(np.mean(psnr < LOW_PSNR)),
-            "bytes_per_sequence": sum(r.bytes for r in rs) / trials, "wire_bpp": bpp,
-            "psnr_per_bpp": float(psnr.mean()) / bpp if bpp else float("nan")}
-        for seg in sorted({r.segment for r in rs}):
-            of = [r for r in rs if r.segment == seg]
-            row[f"seg{seg + 1}_psnr"] = float(np.mean([r.psnr for r in of]))
-            if st == AUTO:
-                row[f"seg{seg + 1}_estimate"] = float(np.mean([r.est_loss for r in of]))
-        if st == AUTO:
-            row["estimate_lag"] = estimate_lags(rs)
-        rows.append(row)
-    return rows
-
-
-def estimate_lags(auto: Sequence[FrameResult]) -> list[int | None]:
-    """Per segment, the frames from its start until ``auto``'s estimate (averaged over the
-    trials) is within :data:`TOLERANCE` of the segment's loss; None: it never got there."""
-    est: dict[int, list[float]] = defaultdict(list)
-    for r in auto:
-        if r.est_loss is not None:
-            est[r.frame].append(r.est_loss)
-    lags: list[int | None] = []
-    for seg in sorted({r.segment for r in auto}):
-        frames = sorted({(r.frame, r.true_loss) for r in auto if r.segment == seg})
-        first = frames[0][0]
-        lags.append(next((f - first for f, p in frames
-                          if abs(np.mean(est[f]) - p) <= TOLERANCE), None))
-    return lags
-
-
-def print_table(rows: Sequence[dict[str, Any]], steps: Sequence[float]) -> None:
-    segs = "".join(f"{f'@{p:g}':>8}" for p in steps)
-    hdr = (f"{'channel':<10}{'strategy':<14}{'PSNR':>7}{'p5':>7}{'<20dB':>7}{'kB/seq':>9}"
-           f"{'bpp':>7}{'dB/bpp':>8}{segs}")
-    print(hdr)
-    print("-" * len(hdr))
-    for r in rows:
-        per_seg = "".join(f"{r.get(f'seg{i + 1}_psnr', float('nan')):>8.2f}"
-                          for i in range(len(steps)))
-        print(f"{r['channel']:<10}{r['strategy']:<14}{r['mean_psnr']:>7.2f}{r['p5_psnr']:>7.2f}"
-              f"{r['below_20db']:>7.1%}{r['bytes_per_sequence'] / 1000:>9.1f}"
-              f"{r['wire_bpp']:>7.3f}{r['psnr_per_bpp']:>8.1f}{per_seg}")
-    for r in (r for r in rows if r["strategy"] == AUTO):
-        est = ", ".join(f"{p:g} -> {r[f'seg{i + 1}_estimate']:.3f} (lag {lag})"
-                        for i, (p, lag) in enumerate(zip(steps, r["estimate_lag"], strict=True)))
-        print(f"auto's estimate, {r['channel']}: true loss -> mean planned estimate per "
-              f"segment (frames until within {TOLERANCE:g}; None: never): {est}")
-    print(f"PSNR: mean over frames and trials; p5: 5th percentile; <20dB: share of frames "
-          f"below {LOW_PSNR:g} dB; kB/seq: wire kB per sequence; dB/bpp: mean PSNR / mean "
-          "wire bpp; @P: mean PSNR of the segment at loss P.")
-
-
-def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The targets, per channel, each said met or MISSED (with the numbers)."""
-    by = {(r["channel"], r["strategy"]): r for r in rows}
-    out = []
-    for ch in dict.fromkeys(r["channel"] for r in rows):
-        auto = by.get((ch, AUTO))
-        if auto is None:
-            continue
-        checks: list[tuple[bool, str]] = []
-        if (o := by.get((ch, ORACLE))) is not None:
-            gap = auto["mean_psnr"] - o["mean_psnr"]
-            ratio = auto["bytes_per_sequence"] / o["bytes_per_sequence"]
-            checks.append((gap >= -0.5 and ratio <= 1.0, f"auto - oracle mean PSNR {gap:+.2f} "
-                           f"dB at {ratio:.2f}x its bytes (target >= -0.5 dB at <= 1x)"))
-        for st in (k for (c, k) in by if c == ch and k.startswith("for_loss")):
-            f = by[(ch, st)]
-            checks.append((auto["psnr_per_bpp"] > f["psnr_per_bpp"],
-                           f"dB/bpp auto {auto['psnr_per_bpp']:.1f} vs {st} "
-                           f"{f['psnr_per_bpp']:.1f}"))
-        for st in FILE_CODECS:
-            if (c := by.get((ch, st))) is not None:
-                checks.append((auto["p5_psnr"] > c["p5_psnr"], f"p5 PSNR auto "
-                               f"{auto['p5_psnr']:.2f} vs {st} {c['p5_psnr']:.2f}"))
-                checks.append((auto["mean_psnr"] >= c["mean_psnr"], f"mean PSNR auto "
-                               f"{auto['mean_psnr']:.2f} vs {st} {c['mean_psnr']:.2f}"))
-        out += [f"{ch}: {'met   ' if ok else 'MISSED'} {text}" for ok, text in checks]
-    return out
-
-
 # ----------------------------------------------------------------------------- main
 QUICK = {"frames": 12, "size": 192, "inpainter": "neighbor", "loss_model": "bernoulli"}
 
@@ -464,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-model", choices=["bernoulli", "gilbert", "both"], default="both")
     p.add_argument("--burst", type=float, default=4.0, help="gilbert mean burst (default 4)")
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES),
-                   help=f"default: {' '.join(STRATEGIES)} (any for_loss:P[,burst:L] spec too)")
+                   help=f"default: {' '.join(STRATEGIES)} (any for_loss:P[,burst:L] spec, "
+                   "and auto@SPEC for any SPEC of ours given, too)")
     p.add_argument("--inpainter", default="mim", help="mim (default), ar, neighbor, none")
     p.add_argument("--trials", type=int, default=1, help="seeded trials (default 1)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
@@ -518,12 +454,26 @@ def _check(args: argparse.Namespace) -> None:
         if not ok:
             raise InputError(f"--{name.replace('_', '-')} out of range: {getattr(args, name)}")
     for st in args.strategies:
-        if st not in (ORACLE, AUTO, *FILE_CODECS):
+        if (src := budget_source(st)) is not None:
+            _check_source(st, src, args.strategies)
+        elif st not in (ORACLE, AUTO, *FILE_CODECS):
             fec.parse_spec(st)  # an unknown spec fails here
     if any(st in FILE_CODECS for st in args.strategies) and AUTO not in args.strategies:
         raise InputError("the avif/webp baselines spend auto's bytes: add auto to --strategies")
     if len(set(args.strategies)) != len(args.strategies):
         raise InputError(f"a strategy is given twice: {args.strategies}")
+
+
+def _check_source(st: str, src: str, strategies: Sequence[str]) -> None:
+    """``auto@SPEC`` spends SPEC's mean bytes: SPEC must run too, and be one of ours that
+    does not itself spend another's bytes."""
+    if src in FILE_CODECS or budget_source(src) is not None:
+        raise InputError(f"{st}: SPEC of auto@SPEC must be auto, oracle or a for_loss plan, "
+                         f"not {src}")
+    if src not in strategies:
+        raise InputError(f"{st} spends the mean bytes per frame of {src or 'SPEC'}, which "
+                         f"is not among --strategies: add it (e.g. for_loss:0.1 "
+                         f"auto@for_loss:0.1)")
 
 
 def setup(args: argparse.Namespace) -> Setup:
@@ -550,6 +500,10 @@ def run_all(s: Setup, done: dict[UnitKey, list[FrameResult]], bar: tqdm) -> None
         if st in FILE_CODECS:
             budgets = [r.bytes for r in done[_key(sc, trial, AUTO)]]
             frames = run_file(s, sc, st, trial, budgets, bar)
+        elif (src := budget_source(st)) is not None:
+            # A constant budget, rounded down: on average auto@SPEC spends at most SPEC's.
+            spent = [r.bytes for r in done[_key(sc, trial, src)]]
+            frames = run_ours(s, sc, st, trial, bar, int(np.mean(spent)))
         else:
             frames = run_ours(s, sc, st, trial, bar)
         append_unit(s.journal, key, frames)

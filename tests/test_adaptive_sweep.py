@@ -1,7 +1,7 @@
 """The closed-loop sweep over a changing channel, simulations/adaptive_sweep.py: its
 scenario and frames, tiny real runs of every strategy (feedback reaching the sender, its
-delay and loss, the classical baseline at auto's bytes), the summary and targets, stopping
-and resuming, and its command line."""
+delay and loss, the classical baseline at auto's bytes, auto within a fixed plan's mean
+bytes), the summary and targets, stopping and resuming, and its command line."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from resilient_tx.resilience.endpoint import Receiver, Sender
 from resilient_tx.resilience.estimator import LossEstimator
 from resilient_tx.resilience.fec import parse_spec
 from resilient_tx.resilience.feedback import FeedbackHub
+from resilient_tx.zoo.registry import available_rates
+from simulations.adaptive_report import BUDGETED
 from simulations.sim_common import SAMPLES
 from tests.helpers import load_script
 
@@ -111,7 +113,7 @@ def test_a_tiny_sweep_writes_every_output(full_run: Path) -> None:
     for name in OUTPUTS:
         assert (full_run / name).stat().st_size > 0, name
     rows = {(r["channel"], r["strategy"]) for r in _data(full_run)["summary"]}
-    strategies = {"auto", "for_loss:0.1", "for_loss:0.5", "oracle", "webp"} | (
+    strategies = {"auto", "for_loss:0.1", BUDGETED, "for_loss:0.5", "oracle", "webp"} | (
         {"avif"} if classical.avif_available() else set())
     assert rows == {(ch, st) for ch in ("bernoulli", "gilbert") for st in strategies}
 
@@ -141,6 +143,38 @@ def test_the_classical_baseline_spends_at_most_autos_bytes(full_run: Path) -> No
             assert len(files) == 3
             assert all(0 < f["bytes"] <= a["bytes"] for f, a in zip(files, auto, strict=True))
             assert all(f["fec"].startswith(codec.upper()) for f in files)
+
+
+def test_budgeted_auto_spends_the_fixed_plans_mean_bytes(full_run: Path) -> None:
+    """auto@for_loss:0.1 plans every frame within the mean wire bytes per frame of
+    for_loss:0.1 in the same channel, choosing the rate point per frame."""
+    for ch in ("bernoulli", "gilbert"):
+        fixed, budgeted = _frames(full_run, "for_loss:0.1", ch), _frames(full_run, BUDGETED, ch)
+        budget = int(np.mean([f["bytes"] for f in fixed]))
+        assert len(budgeted) == 3 and all(0 < f["bytes"] <= budget for f in budgeted)
+        assert all(f["rate"] in available_rates() for f in budgeted)
+        assert all(f["fec"].startswith("for_loss(") for f in budgeted)  # auto's plans
+        assert budgeted[0]["est_loss"] == pytest.approx(PRIOR)
+        assert budgeted[1]["est_loss"] != pytest.approx(PRIOR)  # it follows the reports
+    assert {f["rate"] for f in _frames(full_run, "for_loss:0.1")} == {"low"}
+
+
+def test_budgeted_auto_runs_after_its_source_and_is_judged_against_it(
+        sweep, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "budget"
+    # Given before its source: the source still runs first, and no plain auto is needed.
+    assert sweep.main(tiny(out, "--strategies", BUDGETED, "for_loss:0.1")) == 0
+    printed = capsys.readouterr().out
+    assert any(line.split()[:2] == ["bernoulli", BUDGETED] for line in printed.splitlines())
+    judged = [line for line in printed.splitlines() if f"{BUDGETED} " in line
+              and "vs for_loss:0.1" in line]
+    assert [line.split()[2] for line in judged] == ["mean", "p5", "dB/bpp"]
+    assert list(sweep.read_journal(out / sweep.JOURNAL)[1]) == [
+        ("bernoulli", 0, "for_loss:0.1"), ("bernoulli", 0, BUDGETED)]
+    order = sweep._units(sweep.parse_args(["--strategies", "webp", BUDGETED, "auto",
+                                           "for_loss:0.1"]))
+    assert [st for sc, _, st in order if sc.loss_model == "bernoulli"] == [
+        "auto", "for_loss:0.1", BUDGETED, "webp"]
 
 
 def test_every_strategy_meets_the_same_channel(full_run: Path) -> None:
@@ -244,6 +278,24 @@ def test_verdicts_say_met_and_missed(sweep) -> None:
     assert lines[3].startswith("bernoulli: MISSED") and "mean PSNR" in lines[3]
 
 
+def test_verdicts_judge_budgeted_auto_against_its_source(sweep) -> None:
+    """Without plain auto too; at the source's bytes: mean and p5 PSNR, then dB/bpp
+    against every fixed plan."""
+    rows = sweep.summarise(
+        [_result(sweep, "for_loss:0.1", f, 20.0, 700) for f in range(4)]
+        + [_result(sweep, "for_loss:0.5", f, 24.0, 1400) for f in range(4)]
+        + [_result(sweep, BUDGETED, f, p, 690, 0.1) for f, p in enumerate((12, 24, 24, 24))])
+    lines = sweep.verdicts(rows)
+    assert len(lines) == 4 and all(BUDGETED in line for line in lines)
+    assert lines[0].startswith("bernoulli: met") and "mean PSNR" in lines[0]
+    assert "0.99x its bytes" in lines[0]
+    assert lines[1].startswith("bernoulli: MISSED") and "p5 PSNR" in lines[1]
+    assert lines[2].startswith("bernoulli: met") and "vs for_loss:0.1" in lines[2]
+    assert lines[3].startswith("bernoulli: met") and "vs for_loss:0.5" in lines[3]
+    (row,) = (r for r in rows if r["strategy"] == BUDGETED)
+    assert row["estimate_lag"] == [0, None]  # adaptive: its estimate is summed up too
+
+
 # --------------------------------------------------------------------------- command line
 def test_quick_settings_and_explicit_flags(sweep) -> None:
     args = sweep.parse_args(["--quick"])
@@ -261,6 +313,9 @@ def test_quick_settings_and_explicit_flags(sweep) -> None:
     (["--strategies", "webp"], "add auto"),
     (["--strategies", "for_loss:2"], "loss rate"),
     (["--strategies", "auto", "auto"], "twice"),
+    (["--strategies", BUDGETED], "add it"),
+    (["--strategies", "auto", "webp", "auto@webp"], "for_loss plan"),
+    (["--strategies", "auto@"], "SPEC"),
     (["--feedback-loss", "1"], "--feedback-loss"),
     (["--loss-model", "gilbert", "--burst", "0.1"], "burst"),
     (["--images", "/nonexistent/kodak"], "Kodak"),
