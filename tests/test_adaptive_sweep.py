@@ -296,6 +296,19 @@ def test_verdicts_judge_budgeted_auto_against_its_source(sweep) -> None:
     assert row["estimate_lag"] == [0, None]  # adaptive: its estimate is summed up too
 
 
+def test_verdicts_judge_auto_at_the_oracles_bytes_by_the_oracle_target(sweep) -> None:
+    rows = sweep.summarise(
+        [_result(sweep, "oracle", f, 25.0, 1000) for f in range(4)]
+        + [_result(sweep, "auto@oracle", f, 24.6, 990, 0.1) for f in range(4)])
+    (line,) = sweep.verdicts(rows)
+    assert line.startswith("bernoulli: met") and "auto@oracle - oracle mean PSNR -0.40" in line
+    assert "0.99x its bytes" in line
+    rows = sweep.summarise(
+        [_result(sweep, "oracle", f, 25.0, 1000) for f in range(4)]
+        + [_result(sweep, "auto@oracle", f, 24.4, 990, 0.1) for f in range(4)])
+    assert sweep.verdicts(rows)[0].startswith("bernoulli: MISSED")
+
+
 # --------------------------------------------------------------------------- command line
 def test_quick_settings_and_explicit_flags(sweep) -> None:
     args = sweep.parse_args(["--quick"])
